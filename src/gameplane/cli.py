@@ -1,0 +1,121 @@
+"""``gameplane`` command line. Every option also reads a ``GAMEPLANE_*``
+variable (named in its ``--help`` line); the command line wins."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from gameplane.errors import GameplaneError
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"GAMEPLANE_{name}", default)
+
+
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"gameplane: {what} must look like NAME=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _env_list(name: str) -> list[str]:
+    value = _env(name)
+    return [v for v in value.split(",") if v] if value else []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gameplane", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    agent = sub.add_parser("agent", help="serve the agent contract for one instance or many (--node)")
+    agent.add_argument("--node", action="store_true", default=_env("NODE") in ("1", "true", "yes"),
+                       help="host many instances under /i/<id> (GAMEPLANE_NODE=1)")
+    agent.add_argument("--template", default=_env("TEMPLATE"),
+                       help="single mode: template name or .toml path (GAMEPLANE_TEMPLATE)")
+    agent.add_argument("--instance-id", default=_env("INSTANCE_ID", "default"),
+                       help="single mode: the instance's id (GAMEPLANE_INSTANCE_ID, default 'default')")
+    agent.add_argument("--data-dir", type=Path, default=_env("DATA_DIR"),
+                       help="where instances live (GAMEPLANE_DATA_DIR)")
+    agent.add_argument("--listen", type=_listen, default=_listen(_env("LISTEN", "127.0.0.1:7600") or ""),
+                       help="HOST:PORT to serve on (GAMEPLANE_LISTEN, default 127.0.0.1:7600)")
+    agent.add_argument("--token-file", type=Path, default=_env("TOKEN_FILE"),
+                       help="file holding the bearer token or its sha256:<hex> digest "
+                            "(the node token with --node) (GAMEPLANE_TOKEN_FILE)")
+    agent.add_argument("--var", action="append", default=_env_list("VARS"), metavar="NAME=VALUE",
+                       help="single mode: a template variable, repeatable (GAMEPLANE_VARS=a=1,b=2)")
+    agent.add_argument("--port", action="append", default=_env_list("PORTS"), metavar="NAME=NUMBER",
+                       help="single mode: a port assignment, repeatable (GAMEPLANE_PORTS=game=5556)")
+    agent.add_argument("--templates-dir", action="append", type=Path,
+                       default=[Path(p) for p in _env_list("TEMPLATES_DIRS")],
+                       help="operator template folder, searched before the shipped templates, "
+                            "repeatable (GAMEPLANE_TEMPLATES_DIRS=a,b)")
+    agent.add_argument("--uid-base", type=int, default=int(_env("UID_BASE", "300000") or 300000),
+                       help="first uid given to instances (GAMEPLANE_UID_BASE, default 300000)")
+    agent.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
+                       help="debug, info, warning or error (GAMEPLANE_LOG_LEVEL)")
+    return parser
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gameplane.agent.app import AgentConfig, create_app
+    from gameplane.agent.auth import read_token_file
+    from gameplane.agent.registry import Registry, UidRange
+
+    if args.data_dir is None or args.token_file is None:
+        raise SystemExit("gameplane agent: --data-dir and --token-file are required")
+    if not args.node and not args.template:
+        raise SystemExit("gameplane agent: --template is required (or --node for many instances)")
+    try:
+        token_hash = read_token_file(args.token_file)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"gameplane agent: cannot read token file {args.token_file}: {exc}") from exc
+    registry = Registry(args.data_dir.resolve(), args.templates_dir, UidRange(base=args.uid_base))
+    if args.node:
+        config = AgentConfig(registry, node_token_hash=token_hash)
+    else:
+        ports = {k: int(v) for k, v in _pairs(args.port, "--port").items() if v.isdigit()}
+        config = AgentConfig(registry, single_instance=args.instance_id, single_template=args.template,
+                             single_token_hash=token_hash, single_variables=_pairs(args.var, "--var"),
+                             single_ports=ports)
+    host, port = args.listen
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(config), host=host, port=port, log_level=args.log_level.lower(),
+        ws="websockets-sansio", lifespan="on", access_log=False,
+    ))
+    asyncio.run(server.serve())
+    return 0 if server.started else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(getattr(args, "log_level", "info")).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "agent":
+            return run_agent(args)
+    except GameplaneError as exc:
+        print(f"gameplane: {exc.code}: {exc.details}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
