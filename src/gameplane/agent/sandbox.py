@@ -115,3 +115,18 @@ class LaunchPlan:
             "--",
         ]
         return args
+
+
+def untraversable_ancestor(path: Path, identity: Identity) -> Path | None:
+    """The first ancestor of ``path`` the workload's user cannot enter, if any.
+
+    bwrap resolves bind sources as the workload's user (and without bwrap the
+    workload opens them itself), so every ancestor needs search permission for
+    "others" (instance uids own nothing up there)."""
+    if identity.uid is None:
+        return None
+    for parent in reversed(path.resolve().parents):
+        st = parent.stat()
+        if st.st_uid != identity.uid and not st.st_mode & 0o001:
+            return parent
+    return None

@@ -43,7 +43,7 @@ from gameplane.agent.console_io import Channel, NoChannel, OutputReader, StdinCh
 from gameplane.agent.instance import InstanceFiles, read_json, write_json_atomic
 from gameplane.agent.probes import ProbeSet
 from gameplane.agent.process import RunFiles, Workload
-from gameplane.agent.sandbox import Identity, LaunchPlan, bwrap_path
+from gameplane.agent.sandbox import Identity, LaunchPlan, bwrap_path, untraversable_ancestor
 from gameplane.errors import Conflict, GameplaneError, Unprocessable
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,12 @@ class Supervisor:
             raise Unprocessable("binary_not_found", {"command": binary})
         if template.sandbox.bwrap == "required" and not bwrap_path():
             raise Unprocessable("sandbox_unavailable", {"reason": "template requires bubblewrap"})
+        identity = Identity.for_instance(template.sandbox.user, self.files.config.uid)
+        blocked = untraversable_ancestor(self.files.paths.data, identity)
+        if blocked is not None:
+            raise Unprocessable("data_dir_unreachable", {
+                "path": str(blocked),
+                "reason": "the workload's user cannot enter this folder; give it o+x or move the data dir"})
         for name, spec in template.ports.items():
             port = self.files.config.ports[name]
             if not port_free(port, spec.protocol):
@@ -179,7 +185,7 @@ class Supervisor:
         env = dict(_BASE_ENV)
         env["HOME"] = str(files.paths.data)
         env.update({k: rendering.render(v) for k, v in template.start.env.items()})
-        use_bwrap = template.sandbox.bwrap != "off" and bwrap_path() is not None
+        use_bwrap = self._bwrap_wanted()
         procs: list[Any] = []
         if self.cgroup is not None:
             self.cgroup.create(template.limits)
@@ -195,6 +201,9 @@ class Supervisor:
             status_path=RunFiles(files.paths.run).status,
             cgroup_procs=procs,
         )
+
+    def _bwrap_wanted(self) -> bool:
+        return self.files.template.sandbox.bwrap != "off" and bwrap_path() is not None
 
     async def _start(self) -> None:
         template = self.files.template
@@ -334,7 +343,8 @@ class Supervisor:
         stop = self.files.template.stop
         if graceful and stop.command and not workload.exited:
             with contextlib.suppress(GameplaneError):
-                await self._channel.send(stop.command)
+                for command in stop.command:
+                    await self._channel.send(self.files.rendering.render(command))
                 if await _exits_within(workload, stop.timeout):
                     return
         if graceful and not workload.exited:
@@ -462,7 +472,8 @@ class Supervisor:
             "probes": {k: v.to_json() for k, v in (self.probes.results.items() if self.probes else [])},
             "ports": self.files.config.ports,
             "resources": self.resources(),
-            "sandbox": {"bwrap": bool(w and w.bwrap), "cgroups": self.cgroup is not None,
+            "sandbox": {"bwrap": w.bwrap if w else self._bwrap_wanted(),
+                        "cgroups": self.cgroup is not None,
                         "uid": self.files.config.uid},
         }
 

@@ -78,10 +78,16 @@ class Start(_Strict):
 
 
 class Stop(_Strict):
-    command: str | None = None
+    # One console command or several, sent in order (e.g. ["save", "quit"]).
+    command: list[str] = []
     signal: str = "SIGTERM"
     timeout: float = Field(default=15.0, gt=0)
     kill_timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
 
     @field_validator("signal")
     @classmethod
@@ -203,7 +209,7 @@ class Template(_Strict):
         texts = [*self.start.command, self.start.workdir, *self.start.env.values()]
         texts += [f.content or "" for f in self.install.files]
         texts += [f.path for f in self.install.files] + self.install.directories
-        texts += [self.ready.log or "", self.console.password or ""]
+        texts += [self.ready.log or "", self.console.password or "", *self.stop.command]
         for text in texts:
             for ref in PLACEHOLDER.findall(text):
                 self._check_ref(ref)
