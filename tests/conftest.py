@@ -27,7 +27,7 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     base = Path("/tmp/gameplane-tests")
     base.mkdir(mode=0o711, exist_ok=True)
     path = Path(tempfile.mkdtemp(dir=base))
-    os.chmod(path, 0o711)
+    os.chmod(path, 0o711)  # noqa: S103
     yield path / "agent"
     shutil.rmtree(path, ignore_errors=True)
 

@@ -202,7 +202,8 @@ async def console_ws(websocket: WebSocket) -> None:
                 seq = await sup.send_command(validate_command(frame.get("command")))
                 await websocket.send_text(json.dumps({"type": "ack", "seq": seq}))
             except ValueError:
-                await websocket.send_text(json.dumps({"type": "error", "error": "invalid_json", "details": None}))
+                await websocket.send_text(json.dumps({"type": "error", "error": "invalid_json",
+                                                      "details": None}))
             except GameplaneError as exc:
                 await websocket.send_text(json.dumps({"type": "error", **exc.envelope()}))
 

@@ -100,7 +100,8 @@ class ConsoleBuffer:
     def _recover(self, path: Path) -> None:
         """Reload the newest lines and the sequence counter from the log."""
         for candidate in (path.with_suffix(".log.1"), path):
-            with contextlib.suppress(FileNotFoundError), open(candidate, encoding="utf-8", errors="replace") as fh:
+            with contextlib.suppress(FileNotFoundError), \
+                    open(candidate, encoding="utf-8", errors="replace") as fh:
                 for raw in fh:
                     seq_text, sep, line = raw.rstrip("\n").partition("\t")
                     if not sep or not seq_text.isdigit():

@@ -122,7 +122,8 @@ class InstanceFiles:
         Existing files are left alone (never lose an instance's files) unless
         the template marks them ``overwrite``."""
         self.paths.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.paths.root, 0o711)
+        # Workload users must traverse to data/ (0750, theirs); they can list nothing here.
+        os.chmod(self.paths.root, 0o711)  # noqa: S103
         self.paths.run.mkdir(mode=0o700, exist_ok=True)
         self.paths.data.mkdir(mode=0o750, exist_ok=True)
         render = self.rendering.render

@@ -106,7 +106,7 @@ class LaunchPlan:
                 args += ["--ro-bind", path, path]
         data = str(self.data_dir)
         args += [
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",  # noqa: S108 (a private tmpfs inside the sandbox)
             "--bind", data, data,
             "--chdir", self.workdir,
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",

@@ -387,7 +387,8 @@ class Supervisor:
         pid, start_time = state.get("pid"), state.get("startTime")
         workload = None
         if isinstance(pid, int) and isinstance(start_time, int):
-            workload = Workload.find(pid, start_time, RunFiles(self.files.paths.run), bool(state.get("bwrap")))
+            run = RunFiles(self.files.paths.run)
+            workload = Workload.find(pid, start_time, run, bool(state.get("bwrap")))
         if workload is not None:
             self.workload = workload
             self._start_seq = int(state.get("startSeq") or 0)
