@@ -10,6 +10,8 @@ import pytest
 
 from tests.agentctl import TEMPLATES, Agent, free_port, running_agent
 
+pytest_plugins = ["tests.dbfixtures"]
+
 TOKEN = "test-token-for-instance"
 
 

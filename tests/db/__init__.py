@@ -1,0 +1,1 @@
+"""Database layer tests: each runs on SQLite and PostgreSQL (see conftest.py)."""
