@@ -81,7 +81,14 @@ class Cgroup:
             return None
         return Usage(memory, cpu, procs)
 
-    def destroy(self) -> None:
+    def destroy(self) -> bool:
+        """Remove the groups; False while a group still has processes (EBUSY)."""
+        gone = True
         for d in self._dirs.values():
-            with contextlib.suppress(OSError):
+            try:
                 d.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                gone = False
+        return gone

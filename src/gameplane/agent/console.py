@@ -155,11 +155,14 @@ class LineSplitter:
         out: list[str] = []
         prompt = self._prompt
         for part in parts:
-            line = part.decode("utf-8", "replace").replace("\r", "")
+            # NULs: Teeworlds' econ ends lines with "\n\0\0"; no console wants them.
+            if part and not part.strip(b"\x00"):
+                continue  # only NUL padding
+            line = part.decode("utf-8", "replace").replace("\r", "").replace("\x00", "")
             if prompt:
                 while line.startswith(prompt):
                     line = line[len(prompt):]
-                if not line and part.strip() == prompt.strip().encode():
+                if not line and part.strip(b"\x00\r ") == prompt.strip().encode():
                     continue
             for start in range(0, max(len(line), 1), MAX_LINE):
                 out.append(line[start:start + MAX_LINE])

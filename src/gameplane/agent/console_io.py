@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import errno
 import os
+import socket
+import struct
 from pathlib import Path
 
 from gameplane.agent.console import LineSplitter
@@ -132,7 +134,7 @@ class TcpChannel(Channel):
             finally:
                 self._ready.clear()
                 self._writer = None
-                writer.close()
+                _close_without_time_wait(writer)
             await asyncio.sleep(delay)
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -171,4 +173,16 @@ class TcpChannel(Channel):
         self._task.cancel()
         if self._writer is not None:
             with contextlib.suppress(RuntimeError):
-                self._writer.close()
+                _close_without_time_wait(self._writer)
+
+
+def _close_without_time_wait(writer: asyncio.StreamWriter) -> None:
+    """Close with a reset (SO_LINGER 0). A graceful close after the server
+    hung up leaves the server's side of the connection in TIME_WAIT, and a
+    server that does not set SO_REUSEADDR (Teeworlds' econ) then cannot bind
+    its console port again for a minute: a restart would fail."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.close()

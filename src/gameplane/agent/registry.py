@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from gameplane.agent.instance import InstanceConfig, InstanceFiles, check_instance_id, read_json
-from gameplane.agent.supervisor import Supervisor, port_free
+from gameplane.agent.supervisor import Supervisor
 from gameplane.errors import Conflict, GameplaneError, NotFound, Unprocessable
+from gameplane.net import port_free
 from gameplane.templates import load_template
 
 log = logging.getLogger(__name__)

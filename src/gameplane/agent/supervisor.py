@@ -31,7 +31,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -45,6 +44,7 @@ from gameplane.agent.probes import ProbeSet
 from gameplane.agent.process import RunFiles, Workload
 from gameplane.agent.sandbox import Identity, LaunchPlan, bwrap_path, untraversable_ancestor
 from gameplane.errors import Conflict, GameplaneError, Unprocessable
+from gameplane.net import port_free
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ class Supervisor:
         self.probes: ProbeSet | None = None
         self.started_at: float | None = None
         self._expect_exit = False
+        # Set by whoever ends the workload on purpose: the phase the exit should produce.
+        self._exit_outcome: tuple[Phase, str] | None = None
         self._start_seq = 0
         self._reader: OutputReader | None = None
         self._channel: Channel = NoChannel()
@@ -113,7 +115,7 @@ class Supervisor:
             try:
                 await work()
             except GameplaneError as exc:
-                self._set_phase("crashed", f"{operation} failed: {exc.details}")
+                self._set_phase("crashed", f"{operation} failed: {exc.code} {exc.details}")
             except Exception:
                 log.exception("instance %s: %s failed", self.files.id, operation)
                 self._set_phase("crashed", f"{operation} failed: internal error (see agent log)")
@@ -211,6 +213,7 @@ class Supervisor:
             await asyncio.to_thread(self.files.install)
         self._cancel_auto_restart()
         self._expect_exit = False
+        self._exit_outcome = None
         self.exit_code = None
         self._start_seq = self.console.last_seq
         self.workload = Workload.spawn(self._launch_plan(), RunFiles(self.files.paths.run))
@@ -235,9 +238,7 @@ class Supervisor:
         if probes.passed:
             self._set_phase("running")
             return
-        reason = probes.failing_reason()
-        await self._terminate(workload, graceful=True)
-        self._set_phase("crashed", reason)
+        await self._terminate(workload, graceful=True, outcome=("crashed", probes.failing_reason()))
 
     def _attach(self, workload: Workload) -> None:
         """Connect console, probes and exit monitor to a spawned or re-found workload."""
@@ -258,7 +259,8 @@ class Supervisor:
         elif console.type == "tcp":
             assert console.port
             password = self.files.rendering.render(console.password) if console.password else None
-            self._channel = TcpChannel(self.files.config.ports[console.port], splitter,
+            # Its own splitter: a TCP stream's partial lines must not join stdout's.
+            self._channel = TcpChannel(self.files.config.ports[console.port], LineSplitter(emit),
                                        password, console.password_prompt)
         else:
             self._channel = NoChannel()
@@ -276,12 +278,13 @@ class Supervisor:
         if self.workload is workload:
             self.workload = None
         if self.cgroup is not None:
-            self.cgroup.destroy()
+            await self._destroy_cgroup(self.cgroup)
         self.exit_code = code
         described = describe_exit(code)
         template = self.files.template
         if self._expect_exit:
-            self._set_phase("stopped", f"stopped ({described})")
+            phase, reason = self._exit_outcome or ("stopped", f"stopped ({described})")
+            self._set_phase(phase, reason)
             return
         if self.phase == "starting":
             self._set_phase("crashed", f"{described} before it was ready")
@@ -292,6 +295,14 @@ class Supervisor:
             return
         self._set_phase("crashed", described)
         self._schedule_restart(described)
+
+    @staticmethod
+    async def _destroy_cgroup(cgroup: cgroups.Cgroup) -> None:
+        # The last processes of a sandbox may still be exiting when the server's pid is reaped.
+        for _ in range(50):
+            if cgroup.destroy():
+                return
+            await asyncio.sleep(0.02)
 
     def _schedule_restart(self, described: str) -> None:
         policy = self.files.template.restart
@@ -338,8 +349,21 @@ class Supervisor:
         self._set_phase("stopping")
         await self._terminate(workload, graceful=True)
 
-    async def _terminate(self, workload: Workload, graceful: bool) -> None:
+    async def _terminate(self, workload: Workload, graceful: bool,
+                         outcome: tuple[Phase, str] | None = None) -> None:
+        """End ``workload`` (see the stop sequence in the module doc) and return
+        once the exit monitor has recorded the resulting phase."""
         self._expect_exit = True
+        self._exit_outcome = outcome
+        await self._end(workload, graceful)
+        await workload.wait()
+        # The monitor drains the last output before it records the exit; wait for it.
+        for _ in range(500):
+            if self.workload is not workload:
+                break
+            await asyncio.sleep(0.01)
+
+    async def _end(self, workload: Workload, graceful: bool) -> None:
         stop = self.files.template.stop
         if graceful and stop.command and not workload.exited:
             with contextlib.suppress(GameplaneError):
@@ -353,12 +377,6 @@ class Supervisor:
             if await _exits_within(workload, stop.kill_timeout):
                 return
         workload.kill(self.cgroup.pids() if self.cgroup else None)
-        await workload.wait()
-        # The monitor may still be draining output; wait until it recorded the exit.
-        for _ in range(300):
-            if self.workload is not workload:
-                break
-            await asyncio.sleep(0.01)
 
     def kill(self) -> None:
         """SIGKILL now, whatever operation holds the instance."""
@@ -367,6 +385,7 @@ class Supervisor:
         if workload is None:
             raise Conflict("not_running", {"phase": self.phase})
         self._expect_exit = True
+        self._exit_outcome = None
         workload.kill(self.cgroup.pids() if self.cgroup else None)
 
     # -- console ---------------------------------------------------------------------
@@ -496,18 +515,6 @@ def describe_exit(code: int | None) -> str:
         # bwrap and shells report death by signal N as exit code 128+N.
         return f"killed by {signal.Signals(code - 128).name} (exit code {code})"
     return f"exited with code {code}"
-
-
-def port_free(port: int, protocol: str) -> bool:
-    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as sock:
-        if protocol == "tcp":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
 
 
 def _process_tree_usage(pid: int) -> tuple[int | None, int | None, int | None]:

@@ -1,0 +1,20 @@
+"""Port checks shared by the agent (preflight) and the local provider (placement)."""
+
+from __future__ import annotations
+
+import socket
+
+
+def port_free(port: int, protocol: str) -> bool:
+    """Whether ``port`` can be bound on all addresses. TCP sets SO_REUSEADDR so
+    a port left in TIME_WAIT by a stopped server counts as free; a listener on
+    any address (127.0.0.1 included) makes it taken."""
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        if protocol == "tcp":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
