@@ -60,3 +60,47 @@ def test_the_workload_is_never_slowed_by_a_stalled_reader(node: Agent) -> None:
     c.wait(lambda s: s["consoleSeq"] >= seq + 200_000, 60, "lines written")
     alone = time.monotonic() - t0
     assert stalled < alone * 3 + 1, (stalled, alone)
+
+
+def test_batch_frames_carry_consecutive_lines(node: Agent) -> None:
+    node.client().post("/instances", {"id": "chat3", "template": "chatty", "tokenHash": "tc"})
+    c = node.client("/i/chat3", "tc")
+    c.post("/start")
+    seq = c.wait_phase("running")["consoleSeq"]
+    c.command("700")
+    end = seq + 700
+    c.wait(lambda s: s["consoleSeq"] >= end, 20, "lines written")
+    url = c.url.replace("http://", "ws://") + f"/console/ws?since={seq}&batch=1"
+    from websockets.sync.client import connect
+
+    got: list[str] = []
+    with connect(url, additional_headers=c.headers) as ws:
+        while len(got) < 700:
+            frame = json.loads(ws.recv(timeout=10))
+            if frame["type"] == "output":
+                assert frame["seq"] == seq + 1 + len(got), "batches are consecutive"
+                got += frame["lines"]
+    assert got[0].startswith("line 0 of 700") and got[-1].startswith("line 699 of 700")
+
+
+def test_replaying_a_large_backlog_leaves_the_agent_responsive(node: Agent) -> None:
+    node.client().post("/instances", {"id": "big", "template": "chatty-big", "tokenHash": "tb"})
+    c = node.client("/i/big", "tb")
+    c.post("/start")
+    seq = c.wait_phase("running")["consoleSeq"]
+    c.command("250000")
+    c.wait(lambda s: s["consoleSeq"] >= seq + 250_000, 60, "lines written")
+    from websockets.sync.client import connect
+
+    url = c.url.replace("http://", "ws://") + "/console/ws?since=0"
+    # An unbounded client queue: the reader takes frames as fast as they come.
+    with connect(url, additional_headers=c.headers, max_queue=None):
+        # The agent now replays 250,000 lines into a socket that takes everything.
+        time.sleep(0.2)
+        worst = 0.0
+        for _ in range(10):
+            t0 = time.monotonic()
+            assert node.client().get("/health").status_code == 200
+            worst = max(worst, time.monotonic() - t0)
+            time.sleep(0.05)
+    assert worst < 1.0, f"/health took {worst:.2f}s during a replay"

@@ -32,6 +32,8 @@ from gameplane.errors import BadRequest, GameplaneError, NotImplementedYet, Unpr
 log = logging.getLogger(__name__)
 
 MAX_COMMAND = 4096
+# Lines sent per turn of the event loop (and per frame with ?batch=1).
+_BATCH_LINES = 256
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 Handler = Callable[[Request, Supervisor], Awaitable[Response]]
 
@@ -155,9 +157,14 @@ def _frame_output(seq: int, line: str) -> str:
     return f'{{"type":"output","seq":{seq},"line":{json.dumps(line, ensure_ascii=False)}}}'
 
 
+def _frame_batch(first: int, lines: list[str]) -> str:
+    return f'{{"type":"output","seq":{first},"lines":{json.dumps(lines, ensure_ascii=False)}}}'
+
+
 async def console_ws(websocket: WebSocket) -> None:
     try:
         sup = _resolve(websocket, authenticate=True)
+        batch = websocket.query_params.get("batch") in ("1", "true")
         since_text = websocket.query_params.get("since")
         since = int(since_text) if since_text is not None else None
         if since is not None and since < 0:
@@ -182,14 +189,22 @@ async def console_ws(websocket: WebSocket) -> None:
                 status_seq = sup.seq
                 await websocket.send_text(json.dumps({"type": "status", "phase": sup.phase,
                                                       "reason": sup.reason, "busy": sup.busy}))
-            gap, first, lines = buffer.read_after(cursor)
+            gap, first, lines = buffer.read_after(cursor, limit=_BATCH_LINES)
             if gap is not None:
                 await websocket.send_text(json.dumps({"type": "gap", "from": gap[0], "to": gap[1]}))
                 cursor = gap[1]
-            for offset, line in enumerate(lines):
-                await websocket.send_text(_frame_output(first + offset, line))
-                cursor = first + offset
-            if gap is None and not lines and sup.seq == status_seq:
+            if lines:
+                if batch:
+                    await websocket.send_text(_frame_batch(first, lines))
+                else:
+                    for offset, line in enumerate(lines):
+                        await websocket.send_text(_frame_output(first + offset, line))
+                cursor = first + len(lines) - 1
+                # A socket that always takes more would otherwise keep this loop
+                # from yielding: the workload's reader, probes and every other
+                # instance on the node would wait for the whole backlog.
+                await asyncio.sleep(0)
+            elif gap is None and sup.seq == status_seq:
                 await buffer.wait_beyond(cursor)
 
     async def listen() -> None:

@@ -21,6 +21,7 @@ from gameplane.agent.console import LineSplitter
 from gameplane.errors import Conflict, Unavailable
 
 _READ_BYTES = 1 << 16
+_DRAIN_BYTES = 1 << 20
 
 
 class OutputReader:
@@ -35,16 +36,28 @@ class OutputReader:
         self._loop.add_reader(self._fd, self._on_readable)
 
     def _on_readable(self) -> None:
+        # Drain what is there (bounded, so one chatty workload cannot starve the
+        # others): one read per wake-up would leave the workload blocked on a
+        # full pipe while the loop serves everything else.
         assert self._fd is not None
-        try:
-            data = os.read(self._fd, _READ_BYTES)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            self._splitter.feed(data)
-        else:
+        chunks: list[bytes] = []
+        size = 0
+        eof = False
+        while size < _DRAIN_BYTES:
+            try:
+                data = os.read(self._fd, _READ_BYTES)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                eof = True
+                break
+            chunks.append(data)
+            size += len(data)
+        if chunks:
+            self._splitter.feed(b"".join(chunks))
+        if eof:
             self.close()
 
     def close(self) -> None:
