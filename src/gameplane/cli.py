@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from gameplane.errors import GameplaneError
 
@@ -69,7 +70,122 @@ def build_parser() -> argparse.ArgumentParser:
                        help="first uid given to instances (GAMEPLANE_UID_BASE, default 300000)")
     agent.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
                        help="debug, info, warning or error (GAMEPLANE_LOG_LEVEL)")
+    control_plane_commands(sub)
     return parser
+
+
+def _settings_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="state folder (GAMEPLANE_DATA_DIR)")
+    parser.add_argument("--listen", help="HOST:PORT of the API (GAMEPLANE_LISTEN, default 127.0.0.1:8080)")
+    parser.add_argument("--config", type=Path, help="TOML settings file (GAMEPLANE_CONFIG)")
+    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
+                        help="debug, info, warning or error (GAMEPLANE_LOG_LEVEL)")
+
+
+def control_plane_commands(sub: Any) -> None:
+    up = sub.add_parser("up", help="all-in-one: API with SQLite and the local provider, first admin")
+    _settings_options(up)
+    api = sub.add_parser("api", help="the API process (settings from GAMEPLANE_* and --config)")
+    _settings_options(api)
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    _settings_options(migrate)
+    admin = sub.add_parser("admin", help="manage accounts")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    create = admin_sub.add_parser("create", help="create an admin account")
+    _settings_options(create)
+    create.add_argument("--email", default=_env("ADMIN_EMAIL"), help="(GAMEPLANE_ADMIN_EMAIL)")
+    create.add_argument("--password", default=_env("ADMIN_PASSWORD"),
+                        help="(GAMEPLANE_ADMIN_PASSWORD; asked for when absent)")
+
+
+def _load_settings(args: argparse.Namespace) -> Any:
+    from gameplane.settings import load_settings
+
+    env = dict(os.environ)
+    if args.data_dir is not None:
+        env["GAMEPLANE_DATA_DIR"] = str(args.data_dir)
+    if args.listen is not None:
+        env["GAMEPLANE_LISTEN"] = args.listen
+    return load_settings(env, args.config)
+
+
+async def _ensure_admin(settings: Any) -> str | None:
+    """The first admin: from GAMEPLANE_ADMIN_EMAIL/PASSWORD, else generated.
+    Returns the generated password (to print once), or None."""
+    import secrets
+
+    from sqlalchemy import select
+
+    from gameplane.db.engine import create_engine_from_settings, create_session_factory, transaction
+    from gameplane.db.models import User
+    from gameplane.db.users import create_user
+
+    engine = create_engine_from_settings(settings)
+    try:
+        sessions = create_session_factory(engine)
+        async with transaction(sessions) as session:
+            if (await session.execute(select(User.id).where(User.role == "admin"))).first():
+                return None
+            email = settings.admin_email or "admin@gameplane.localhost"
+            given = settings.admin_password.get_secret_value() if settings.admin_password else None
+            password = given or secrets.token_urlsafe(18)
+            await create_user(session, email, password, role="admin")
+        print(f"gameplane: admin account {email}" + ("" if given else f", password {password}"
+                                                     " (shown once; change it)"), flush=True)
+        return None if given else password
+    finally:
+        await engine.dispose()
+
+
+def _serve_api(settings: Any, log_level: str) -> int:
+    import uvicorn
+
+    from gameplane.api.app import create_app
+
+    host, port = settings.listen
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port,
+                                           log_level=log_level.lower(), lifespan="on",
+                                           ws="websockets-sansio", access_log=False))
+    asyncio.run(server.serve())
+    return 0 if server.started else 1
+
+
+def run_control_plane(args: argparse.Namespace) -> int:
+    from gameplane.db.migrate import upgrade_sync
+
+    settings = _load_settings(args)
+    if args.command == "migrate":
+        upgrade_sync(settings.database_url)
+        print("gameplane: database is at the newest migration")
+        return 0
+    if args.command == "admin":
+        import getpass
+
+        from gameplane.db.engine import create_engine_from_settings, create_session_factory, transaction
+        from gameplane.db.users import create_user
+
+        upgrade_sync(settings.database_url)
+        if not args.email:
+            raise SystemExit("gameplane admin create: --email is required")
+        password = args.password or getpass.getpass("password: ")
+
+        async def create() -> None:
+            engine = create_engine_from_settings(settings)
+            try:
+                async with transaction(create_session_factory(engine)) as session:
+                    await create_user(session, args.email, password, role="admin")
+            finally:
+                await engine.dispose()
+
+        asyncio.run(create())
+        print(f"gameplane: admin {args.email} created")
+        return 0
+    upgrade_sync(settings.database_url)
+    if args.command == "up":
+        asyncio.run(_ensure_admin(settings))
+        print(f"gameplane: control plane on {settings.public_url} (API docs at {settings.public_url}/docs)",
+              flush=True)
+    return _serve_api(settings, args.log_level)
 
 
 def run_agent(args: argparse.Namespace) -> int:
@@ -125,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "agent":
             return run_agent(args)
+        return run_control_plane(args)
     except GameplaneError as exc:
         print(f"gameplane: {exc.code}: {exc.details}", file=sys.stderr)
         return 2

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Run the three agent benchmarks one after another (about 2 minutes in all),
+# then repeat their one-line summaries. Exit status: non-zero if any failed.
+# Usage: bench/run_all.sh            (from anywhere; uses the project's .venv)
+#        PYTHON=/path/to/python bench/run_all.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-.venv/bin/python}"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+for bench in agent_memory console_throughput start_overhead; do
+    echo "=== $bench"
+    if ! "$PY" "bench/$bench.py" 2>&1 | tee -a "$log"; then
+        echo "=== $bench FAILED"
+        echo "SUMMARY $bench: FAILED" >>"$log"
+        status=1
+    fi
+    echo
+done
+echo "=== summaries"
+grep '^SUMMARY ' "$log"
+exit "$status"
