@@ -83,3 +83,30 @@ def test_splitter_cuts_overlong_lines() -> None:
     splitter = LineSplitter(got.extend)
     splitter.feed(b"y" * (MAX_LINE * 2 + 5) + b"\n")
     assert [len(x) for x in got] == [MAX_LINE, MAX_LINE, 5]
+
+
+def test_a_log_torn_by_a_crash_keeps_every_whole_line(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    buf = ConsoleBuffer(100, log)
+    buf.extend(["a", "b"])
+    buf.close()
+    with open(log, "a") as fh:
+        fh.write("@3 3\nc\nd")  # the crash cut the batch in its third line
+    again = ConsoleBuffer(100, log)
+    assert again.read_after(0) == (None, 1, ["a", "b", "c"])
+    again.extend(["next"])
+    assert again.read_after(3) == (None, 4, ["next"]), "numbering continues after the torn batch"
+    again.close()
+    third = ConsoleBuffer(100, log)
+    assert third.read_after(0) == (None, 1, ["a", "b", "c", "next"]), "the torn tail was cut, not kept"
+
+
+def test_the_ring_wraps_and_reads_across_its_end() -> None:
+    buf = ConsoleBuffer(5)
+    for i in range(1, 13):
+        buf.extend([str(i)])
+    assert buf.first_seq == 8 and len(buf) == 5
+    assert buf.read_after(7) == (None, 8, ["8", "9", "10", "11", "12"])
+    assert buf.read_after(9, limit=2) == (None, 10, ["10", "11"])
+    buf.extend([str(i) for i in range(13, 30)])
+    assert buf.read_after(0, limit=3) == ((1, 24), 25, ["25", "26", "27"])
