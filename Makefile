@@ -1,5 +1,5 @@
 # One entry point for every routine task: `make help` lists them.
-.PHONY: help setup test check lint typecheck unit bench run
+.PHONY: help setup test lint typecheck unit bench run up
 
 help:  ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -21,5 +21,9 @@ test: setup lint typecheck unit  ## set up, then lint, typecheck and run every t
 bench:  ## the benchmarks (figures and ratios against same-run baselines)
 	bench/run_all.sh
 
-run:  ## set up, then run an agent serving the freeciv template
+up:  ## set up, then run the all-in-one control plane (gameplane up)
+	scripts/setup.sh
+	.venv/bin/gameplane up
+
+run:  ## set up, then run a single agent serving the freeciv template
 	scripts/run-agent.sh
