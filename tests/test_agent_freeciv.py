@@ -117,3 +117,17 @@ def test_power_actions_are_serialized_and_kill_bypasses(freeciv: Agent) -> None:
     assert c.post("/kill").status_code == 202
     status = c.wait_phase("stopped", 10)
     assert "SIGKILL" in status["reason"]
+
+
+def test_restart_twice_ends_running_each_time(freeciv: Agent) -> None:
+    c = freeciv.client()
+    c.post("/start")
+    pid = c.wait_phase("running")["pid"]
+    for _ in range(2):
+        assert c.post("/restart").status_code == 202
+        status = c.wait(lambda s, old=pid: s["busy"] is None and s["pid"] not in (None, old), 30, "restart")
+        assert status["phase"] == "running", status["reason"]
+        pid = status["pid"]
+        time.sleep(0.5)
+        again = c.status()
+        assert again["phase"] == "running" and again["pid"] == pid, "the old exit must not be judged later"

@@ -268,6 +268,9 @@ class Supervisor:
 
     # -- exit -------------------------------------------------------------------------
     async def _monitor(self, workload: Workload, reader: OutputReader) -> None:
+        """Record a workload's exit. Every await comes before the workload is
+        released: a restart waiting for the release must find the exit fully
+        recorded, or this would judge the old exit by the new start's flags."""
         code = await workload.wait()
         # Let the last lines ("Goodbye.") land before the phase says the server is gone.
         with contextlib.suppress(TimeoutError):
@@ -275,10 +278,11 @@ class Supervisor:
         reader.close()
         self._channel.close()
         self._channel = NoChannel()
-        if self.workload is workload:
-            self.workload = None
         if self.cgroup is not None:
             await self._destroy_cgroup(self.cgroup)
+        # From here on, no await until the phase is recorded.
+        if self.workload is workload:
+            self.workload = None
         self.exit_code = code
         described = describe_exit(code)
         template = self.files.template
