@@ -20,7 +20,8 @@ from tests.agentctl import TEMPLATES, free_port, kill_workloads
 
 
 class ControlPlane:
-    def __init__(self, data_dir: Path, database_url: str, poll_interval: float = 0.5):
+    def __init__(self, data_dir: Path, database_url: str, poll_interval: float = 0.5,
+                 **settings: str):
         self.data_dir = data_dir
         self.port = free_port()
         self.agent_port = free_port()
@@ -38,6 +39,7 @@ class ControlPlane:
             "GAMEPLANE_PORT_RANGE": f"{30000 + os.getpid() % 20000}-{30099 + os.getpid() % 20000}",
             "GAMEPLANE_ADMIN_EMAIL": "admin@example.com",
             "GAMEPLANE_ADMIN_PASSWORD": "correct horse battery",
+            **{f"GAMEPLANE_{k.upper()}": v for k, v in settings.items()},
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"api-{self.port}.log"
@@ -129,8 +131,8 @@ class ControlPlane:
 
 
 @contextlib.contextmanager
-def running_control_plane(data_dir: Path, database_url: str) -> Iterator[ControlPlane]:
-    cp = ControlPlane(data_dir, database_url).start()
+def running_control_plane(data_dir: Path, database_url: str, **settings: str) -> Iterator[ControlPlane]:
+    cp = ControlPlane(data_dir, database_url, **settings).start()
     try:
         yield cp
     finally:

@@ -186,6 +186,8 @@ class Settings(BaseSettings):
     poll_timeout: float = Field(default=2.0, gt=0)
     poll_concurrency: int = Field(default=100, ge=1)
     provision_timeout: float = Field(default=120.0, gt=0)
+    #: how often agent instances the database does not own are looked for and removed
+    reconcile_interval: float = Field(default=60.0, gt=0)
     templates_dirs: PathList = Field(default_factory=list)
     agent_listen: Address = HostPort("127.0.0.1", 7601)
     port_range: Ports = PortRange(20000, 29999)

@@ -201,3 +201,36 @@ def test_operations_routes(cp: ControlPlane) -> None:
     assert cp.request("GET", "/docs").status_code == 200
     names = [t["name"] for t in cp.request("GET", "/api/templates").json()["templates"]]
     assert {"freeciv", "minetest", "teeworlds"} <= set(names)
+
+
+def test_a_host_without_room_refuses_with_the_reason(data_dir: Path, empty_database_url: str) -> None:
+    port = 40000 + os.getpid() % 10000
+    with running_control_plane(data_dir, empty_database_url, port_range=f"{port}-{port}") as plane:
+        first = plane.create("only one")
+        r = plane.request("POST", "/api/game/servers",
+                          json={"name": "one too many", "template": "freeciv"})
+        assert r.status_code == 503 and r.json()["error"] == "no_capacity"
+        assert r.json()["details"]["range"] == f"{port}-{port}"
+        assert plane.wait_phase(first["id"], "stopped")["ready"] is True
+        servers = plane.request("GET", "/api/game/servers").json()["servers"]
+        assert [s["name"] for s in servers] == ["only one"]
+
+
+def test_a_provisioning_past_its_timeout_fails_and_leaves_nothing(data_dir: Path,
+                                                                   empty_database_url: str) -> None:
+    with running_control_plane(data_dir, empty_database_url, provision_timeout="2",
+                               reconcile_interval="1") as plane:
+        agent = plane.agent_process()
+        assert agent is not None
+        agent.suspend()
+        try:
+            sid = plane.create("slowpoke")["id"]
+            state = plane.wait_phase(sid, "failed", timeout=10)
+        finally:
+            agent.resume()
+        assert state["reason"] == "not ready within 2s" and state["ready"] is False
+        # The agent finishes the creation it was asked for; the reconciler removes it.
+        deadline = time.monotonic() + 15
+        while (plane.data_dir / "agent/instances" / sid).exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not (plane.data_dir / "agent/instances" / sid).exists()

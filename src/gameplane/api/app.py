@@ -96,6 +96,7 @@ def create_app(settings: Settings, provider: Provider | None = None) -> FastAPI:
                                   poller=poller)
         app.state.instances = service
         await service.recover()
+        service.start_reconciling(every=settings.reconcile_interval)
         async with app.state.sessions() as session:
             persisted = (await session.execute(select(Instance.id, Instance.state))).all()
         poller.seed({iid: state for iid, state in persisted if state})

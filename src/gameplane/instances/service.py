@@ -68,16 +68,23 @@ class InstanceService:
         # The heartbeat's cache of normalized states; refreshed at once on our own changes.
         self.poller = poller
         self._provisioning: dict[str, asyncio.Task[None]] = {}
+        # Placement reads then writes; one process places one instance at a time.
+        self._placement_lock = asyncio.Lock()
+        self._reconciler: asyncio.Task[None] | None = None
 
     # -- views ----------------------------------------------------------------------
     def state(self, row: Instance) -> NormalizedState:
+        """An active instance shows what its agent says (the heartbeat's cache,
+        else the last persisted state); any other lifecycle is the row's own."""
+        if row.lifecycle != "active":
+            return derive_state(row.lifecycle, None, None, now=row.updated_at,
+                                lifecycle_reason=row.failure_reason)
         cached = self.poller.state(row.id) if self.poller is not None else None
-        if cached is not None and (cached["phase"] == row.lifecycle or row.lifecycle == "active"):
+        if cached is not None:
             return cached
-        if row.lifecycle == "active" and row.state:
+        if row.state:
             return row.state  # type: ignore[return-value]
-        return derive_state(row.lifecycle, None, None, now=row.updated_at,
-                            lifecycle_reason=row.failure_reason)
+        return derive_state("active", None, None, now=row.updated_at)
 
     async def refresh(self, row: Instance) -> None:
         """Poll one instance now, so a change we caused shows without waiting a cycle."""
@@ -134,14 +141,17 @@ class InstanceService:
         if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
             raise Unprocessable("invalid_variables", {"reason": "variables map names to strings"})
         resolve_variables(template, variables)
-        async with transaction(self.sessions) as session:
+        async with self._placement_lock, transaction(self.sessions) as session:
             # Failed instances keep their name until deleted, so the user sees why they failed.
             clash = await session.execute(select(Instance.id).where(
                 Instance.owner_id == principal.user_id, Instance.kind == kind, Instance.name == name))
             if clash.first() is not None:
                 raise Conflict("name_taken", {"name": name})
+            # Placed before answering: a host without room refuses now, with the reason.
+            taken, committed = await self._placements(session)
+            ports = self.provider.place(template, taken, committed)
             row = Instance(id=new_instance_id(), owner_id=principal.user_id, kind=kind, name=name,
-                           template=template.name, variables=variables, ports={},
+                           template=template.name, variables=variables, ports=ports,
                            provider=self.provider.name, agent_token=secrets.token_urlsafe(32),
                            lifecycle="provisioning",
                            provision_deadline=_now() + timedelta(seconds=self.provision_timeout))
@@ -167,12 +177,9 @@ class InstanceService:
             self._provisioning.pop(instance_id, None)
 
     async def _provision_steps(self, instance_id: str) -> None:
-        async with transaction(self.sessions) as session:
+        async with self.sessions() as session:
             row = await session.get(Instance, instance_id)
             assert row is not None
-            template = self.templates[row.template]
-            taken, committed = await self._placements(session, exclude=instance_id)
-            row.ports = self.provider.place(template, taken, committed)
             spec = ProvisionSpec(row.id, row.template, hash_token(row.agent_token),
                                  dict(row.variables), dict(row.ports))
             token = row.agent_token
@@ -198,18 +205,23 @@ class InstanceService:
         await self.events.record("active", instance_id, owner, {})
         await self.refresh(stored)
 
-    async def _placements(self, session: AsyncSession, exclude: str) -> tuple[list[int], int]:
-        rows = (await session.execute(select(Instance.id, Instance.template, Instance.ports).where(
+    async def _placements(self, session: AsyncSession) -> tuple[list[int], int]:
+        """Ports held and memory promised by every instance that has a place."""
+        rows = (await session.execute(select(Instance.template, Instance.ports).where(
             Instance.lifecycle.in_(("provisioning", "active", "suspended", "deleting"))))).all()
-        taken = [p for rid, _, ports in rows if rid != exclude for p in (ports or {}).values()]
-        committed = sum(self.templates[t].limits.memory or 0 for rid, t, _ in rows
-                        if rid != exclude and t in self.templates)
+        taken = [p for _, ports in rows for p in (ports or {}).values()]
+        committed = sum(self.templates[t].limits.memory or 0 for t, _ in rows if t in self.templates)
         return taken, committed
 
     async def _fail(self, instance_id: str, reason: str) -> None:
+        """Mark failed first (the user learns at once), then remove what the
+        host has; if the host cannot be reached, the reconciler removes it later."""
         log.warning("provisioning %s failed: %s", instance_id, reason)
+        await self._mark_failed(instance_id, reason)
         with contextlib.suppress(GameplaneError):
             await self.provider.destroy(instance_id)
+
+    async def _mark_failed(self, instance_id: str, reason: str) -> None:
         async with transaction(self.sessions) as session:
             row = await session.get(Instance, instance_id)
             if row is None:
@@ -272,27 +284,56 @@ class InstanceService:
 
     # -- recovery ---------------------------------------------------------------------------------
     async def recover(self) -> None:
-        """After an API restart: fail interrupted provisionings, finish
-        interrupted deletions, and remove agent instances nobody owns."""
+        """After an API restart: fail provisionings the crash interrupted, then
+        reconcile with the hosts."""
         async with self.sessions() as session:
-            rows = list((await session.execute(select(Instance))).scalars())
-        known = {r.id for r in rows if r.lifecycle in ("active", "suspended")}
-        for row in rows:
-            if row.lifecycle == "provisioning":
-                await self._fail(row.id, "interrupted: the API restarted during provisioning")
-            elif row.lifecycle == "deleting":
+            interrupted = list((await session.execute(
+                select(Instance.id).where(Instance.lifecycle == "provisioning"))).scalars())
+        for instance_id in interrupted:
+            await self._fail(instance_id, "interrupted: the API restarted during provisioning")
+        await self.reconcile()
+
+    async def reconcile(self) -> None:
+        """Finish interrupted deletions and remove agent instances the database
+        does not own (e.g. a failed provisioning whose host was unreachable)."""
+        async with self.sessions() as session:
+            rows = (await session.execute(select(Instance.id, Instance.lifecycle))).all()
+        owned = {iid for iid, lifecycle in rows if lifecycle in ("provisioning", "active", "suspended")}
+        owned |= set(self._provisioning)
+        for instance_id, lifecycle in rows:
+            if lifecycle == "deleting":
                 with contextlib.suppress(GameplaneError):
-                    await self.provider.destroy(row.id)
+                    await self.provider.destroy(instance_id)
                     async with transaction(self.sessions) as session:
-                        stored = await session.get(Instance, row.id)
+                        stored = await session.get(Instance, instance_id)
                         if stored is not None:
                             await session.delete(stored)
-        for orphan in await self.provider.instance_ids() - known:
-            log.warning("removing agent instance %s: no active instance in the database", orphan)
+        for orphan in await self.provider.instance_ids() - owned:
+            if orphan in self._provisioning:
+                continue  # created meanwhile
+            log.warning("removing agent instance %s: the database does not own it", orphan)
             with contextlib.suppress(GameplaneError):
                 await self.provider.destroy(orphan)
 
+    def start_reconciling(self, every: float) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(every)
+                try:
+                    await self.reconcile()
+                except GameplaneError as exc:  # a host is unreachable: try again next time
+                    log.warning("reconcile: %s %s", exc.code, exc.details)
+                except Exception:
+                    log.exception("reconcile failed")
+
+        self._reconciler = asyncio.create_task(loop())
+
     async def shutdown(self) -> None:
+        """Stop background work; safe to call twice."""
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            await asyncio.gather(self._reconciler, return_exceptions=True)
+            self._reconciler = None
         for task in list(self._provisioning.values()):
             task.cancel()
         await asyncio.gather(*self._provisioning.values(), return_exceptions=True)
