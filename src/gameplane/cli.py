@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "repeatable (GAMEPLANE_TEMPLATES_DIRS=a,b)")
     agent.add_argument("--uid-base", type=int, default=int(_env("UID_BASE", "300000") or 300000),
                        help="first uid given to instances (GAMEPLANE_UID_BASE, default 300000)")
+    agent.add_argument("--cgroups", choices=["auto", "off"], default=_env("CGROUPS", "auto"),
+                       help="limit workloads with cgroup v1 where writable (auto), or only with "
+                            "rlimits (off) (GAMEPLANE_CGROUPS)")
     agent.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
                        help="debug, info, warning or error (GAMEPLANE_LOG_LEVEL)")
     control_plane_commands(sub)
@@ -203,7 +206,8 @@ def run_agent(args: argparse.Namespace) -> int:
         token_hash = read_token_file(args.token_file)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"gameplane agent: cannot read token file {args.token_file}: {exc}") from exc
-    registry = Registry(args.data_dir.resolve(), args.templates_dir, UidRange(base=args.uid_base))
+    registry = Registry(args.data_dir.resolve(), args.templates_dir, UidRange(base=args.uid_base),
+                        use_cgroups=False if args.cgroups == "off" else None)
     if args.node:
         config = AgentConfig(registry, node_token_hash=token_hash)
     else:
