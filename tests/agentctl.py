@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -17,6 +16,8 @@ from typing import Any
 
 import httpx
 from websockets.sync.client import ClientConnection, connect
+
+from tests.processes import ServiceProcess
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -36,7 +37,7 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return port
 
 
-class Agent:
+class Agent(ServiceProcess):
     """One agent process. ``base`` is the instance prefix ('' or '/i/<id>')."""
 
     def __init__(self, data_dir: Path, token: str, args: list[str]):
@@ -45,8 +46,7 @@ class Agent:
         self.args = args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = data_dir.parent / f"agent-{self.port}.log"
+        super().__init__(data_dir.parent / f"agent-{self.port}.log")
 
     def start(self, timeout: float = 15) -> Agent:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -54,33 +54,8 @@ class Agent:
         token_file.write_text(self.token)
         cmd = [sys.executable, "-m", "gameplane.cli", "agent", "--data-dir", str(self.data_dir),
                "--listen", f"127.0.0.1:{self.port}", "--token-file", str(token_file), *self.args]
-        log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"agent exited: {self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/health", timeout=1).status_code in (200, 404):
-                    return self
-            time.sleep(0.05)
-        raise RuntimeError(f"agent did not come up: {self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def sigkill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def terminate(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.sigkill()
+        self.launch(cmd, self.url + "/health", (200, 404), timeout)
+        return self
 
     def client(self, base: str = "", token: str | None = None) -> Client:
         return Client(self.url + base, token if token is not None else self.token)

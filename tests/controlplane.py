@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -17,9 +15,10 @@ import httpx
 import psutil
 
 from tests.agentctl import TEMPLATES, free_port, kill_workloads
+from tests.processes import ServiceProcess
 
 
-class ControlPlane:
+class ControlPlane(ServiceProcess):
     def __init__(self, data_dir: Path, database_url: str, poll_interval: float = 0.5,
                  **settings: str):
         self.data_dir = data_dir
@@ -41,40 +40,17 @@ class ControlPlane:
             "GAMEPLANE_ADMIN_PASSWORD": "correct horse battery",
             **{f"GAMEPLANE_{k.upper()}": v for k, v in settings.items()},
         }
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = data_dir.parent / f"api-{self.port}.log"
         self.poll_interval = poll_interval
+        super().__init__(data_dir.parent / f"api-{self.port}.log")
 
     def start(self, timeout: float = 30) -> ControlPlane:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "gameplane.cli", "up"], env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gameplane up exited: {self.log()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return self
-            time.sleep(0.1)
-        raise RuntimeError(f"gameplane up did not become ready: {self.log()[-3000:]}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def sigkill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+        self.launch([sys.executable, "-m", "gameplane.cli", "up"], self.url + "/readyz", (200,),
+                    timeout, env=self.env)
+        return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.sigkill()
+        self.terminate()
 
     def agent_process(self) -> psutil.Process | None:
         needle = f"127.0.0.1:{self.agent_port}"
