@@ -24,7 +24,9 @@ Exception tree::
         ├── AgentUnreachable     502 agent_unreachable    connection refused, reset or closed
         ├── AgentTimeout         504 agent_timeout        no answer within the call's timeout
         ├── AgentBadResponse     502 agent_bad_response   a 5xx, a body that is not JSON, a 1xx/3xx,
-        │                                                 or a 2xx without the expected shape
+        │                                                 or a 2xx without the expected shape; a 5xx
+        │                                                 envelope (503 console_full) is kept in
+        │                                                 details.agent
         ├── AgentAuthFailed      502 agent_auth_failed    401: the agent refused the control plane's
         │                                                 own credential (not the user's)
         ├── AgentRejected        4xx <the agent's code>   the agent's own 4xx envelope: same status,
@@ -85,7 +87,10 @@ __all__ = [
     "TransportProtocolError",
     "TransportTimeout",
     "assert_agent_ready",
+    "classify",
     "is_agent_ready_result",
+    "not_ready_reason",
+    "raise_for_result",
 ]
 
 #: How much of an unexpected body is kept in error details and logs.
