@@ -5,10 +5,12 @@ Exception tree::
 
     GameplaneError              code, HTTP status, details
     ├── BadRequest              400  malformed input
-    ├── Unauthorized            401  missing or wrong bearer token
-    ├── NotFound                404  unknown instance, route or file
+    ├── Unauthorized            401  missing or wrong bearer token (``WWW-Authenticate: Bearer``)
+    ├── Forbidden               403  authenticated, but not allowed (admin routes)
+    ├── NotFound                404  unknown instance, route or file, or another user's
     ├── Conflict                409  busy, not running, already running
     ├── Unprocessable           422  well-formed input that cannot be honoured
+    ├── RateLimited             429  too many attempts (``Retry-After``)
     ├── NotImplementedYet       501  contract routes whose issue has not landed
     └── Unavailable             503  a dependency (console pipe, agent) is not there
 
@@ -24,12 +26,18 @@ class GameplaneError(Exception):
     status: int = 500
     code: str = "internal_error"
 
-    def __init__(self, code: str | None = None, details: Any = None, *, status: int | None = None):
+    def __init__(self, code: str | None = None, details: Any = None, *, status: int | None = None,
+                 headers: dict[str, str] | None = None):
         self.code = code or type(self).code
         self.details = details
         if status is not None:
             self.status = status
+        #: extra response headers (``WWW-Authenticate``, ``Retry-After``)
+        self.headers: dict[str, str] = {**self.default_headers(), **(headers or {})}
         super().__init__(f"{self.code}: {details!r}")
+
+    def default_headers(self) -> dict[str, str]:
+        return {}
 
     def envelope(self) -> dict[str, Any]:
         return {"error": self.code, "details": self.details}
@@ -43,6 +51,14 @@ class BadRequest(GameplaneError):
 class Unauthorized(GameplaneError):
     status = 401
     code = "unauthorized"
+
+    def default_headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(GameplaneError):
+    status = 403
+    code = "forbidden"
 
 
 class NotFound(GameplaneError):
@@ -58,6 +74,17 @@ class Conflict(GameplaneError):
 class Unprocessable(GameplaneError):
     status = 422
     code = "unprocessable"
+
+
+class RateLimited(GameplaneError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, retry_after: float, details: Any = None):
+        # Whole seconds, rounded up: a client retrying after exactly this long succeeds.
+        seconds = max(1, int(-(-retry_after // 1)))
+        super().__init__(details={"retryAfter": seconds, **(details or {})},
+                         headers={"Retry-After": str(seconds)})
 
 
 class NotImplementedYet(GameplaneError):

@@ -52,7 +52,7 @@ SECRET_KEY_FILE = "secret_key"  # noqa: S105 - the file name in data_dir, not a 
 MIN_SECRET_LENGTH = 32
 MIN_PASSWORD_LENGTH = 8
 _WEAK_SECRETS = frozenset({"", "change-me", "changeme", "changethis", "secret"})
-_SECRET_FIELDS = frozenset({"secret_key", "admin_password"})
+_SECRET_FIELDS = frozenset({"secret_key", "admin_password", "smtp_password"})
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -130,6 +130,7 @@ def _split_paths(value: object) -> object:
 Address = Annotated[HostPort, NoDecode, BeforeValidator(parse_host_port)]
 Ports = Annotated[PortRange, NoDecode, BeforeValidator(parse_port_range)]
 PathList = Annotated[list[Path], NoDecode, BeforeValidator(_split_paths)]
+StrList = Annotated[list[str], NoDecode, BeforeValidator(_split_paths)]
 
 
 def default_data_dir(euid: int | None = None, home: Path | None = None) -> Path:
@@ -193,6 +194,28 @@ class Settings(BaseSettings):
     port_range: Ports = PortRange(20000, 29999)
     admin_email: str | None = None
     admin_password: SecretStr | None = None
+    #: access tokens (JWT) live at most 15 minutes: revocation reaches them through
+    #: their session anyway, but a short life bounds a stolen token
+    access_token_ttl: int = Field(default=900, ge=30, le=900)
+    #: a session (refresh-token family) dies after this long unused …
+    session_idle_ttl: int = Field(default=14 * 86400, gt=0)
+    #: … and this long after login, used or not
+    session_max_ttl: int = Field(default=30 * 86400, gt=0)
+    #: password-reset links expire within the hour
+    reset_token_ttl: int = Field(default=3600, ge=60, le=3600)
+    #: login, refresh, forgot and reset attempts per window, per account and per client address
+    rate_limit_window: float = Field(default=60.0, gt=0)
+    rate_limit_per_account: int = Field(default=10, ge=1)
+    rate_limit_per_address: int = Field(default=30, ge=1)
+    #: addresses of reverse proxies whose X-Forwarded-For is believed (none by default)
+    trusted_proxies: StrList = Field(default_factory=list)
+    #: empty → mail is logged (development) or dropped with a warning (production)
+    smtp_host: str = ""
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_user: str = ""
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "gameplane@localhost"
+    smtp_starttls: bool = False
 
     @classmethod
     def settings_customise_sources(
@@ -262,6 +285,9 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}SECRET_KEY must be set to a random value of at least {MIN_SECRET_LENGTH} "
                 f"characters outside development (got {'an empty' if not key else 'a default or short'} "
                 "one); generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'")
+        if self.session_idle_ttl > self.session_max_ttl:
+            raise ValueError(f"{ENV_PREFIX}SESSION_IDLE_TTL ({self.session_idle_ttl}) must not exceed "
+                             f"{ENV_PREFIX}SESSION_MAX_TTL ({self.session_max_ttl})")
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'gameplane.db'}"
         if not self.public_url:

@@ -23,7 +23,8 @@ from gameplane.db.migrate import (
 )
 from gameplane.settings import load_settings
 
-TABLES = {"users", "instances", "events", "alembic_version"}
+TABLES = {"users", "instances", "events", "auth_sessions", "refresh_tokens", "password_resets", "api_keys",
+          "audit_events", "alembic_version"}
 
 
 async def _tables(url: str) -> set[str]:
@@ -115,7 +116,8 @@ async def test_unreachable_database_is_a_migration_error() -> None:
 
 async def test_postgres_migration_gives_up_on_a_held_lock(backend: str, fresh_database_url: str) -> None:
     """A migration must not queue forever behind live traffic:
-    1. a reader holds a lock on ``events`` in an open transaction;
+    1. a reader holds a lock on every table in an open transaction (so the newest
+       migration's downgrade, whichever tables it drops, is the one that waits);
     2. downgrading (DROP TABLE needs an exclusive lock) fails after the lock timeout;
     3. the failed migration's transaction is rolled back: still at head, tables intact."""
     if backend != "postgresql":
@@ -123,7 +125,8 @@ async def test_postgres_migration_gives_up_on_a_held_lock(backend: str, fresh_da
     engine = create_engine(fresh_database_url)
     try:
         async with engine.connect() as reader:
-            await reader.execute(text("SELECT count(*) FROM events"))  # holds ACCESS SHARE until rollback
+            for table in sorted(TABLES):  # each SELECT holds ACCESS SHARE until rollback
+                await reader.execute(text(f"SELECT count(*) FROM {table}"))  # noqa: S608 - fixed names
             started = time.monotonic()
             with pytest.raises(MigrationError, match="lock timeout"):
                 await downgrade_url(fresh_database_url, "base", lock_timeout="300ms")

@@ -181,3 +181,79 @@ class Event(Base):
 
     def __repr__(self) -> str:
         return f"Event(id={self.id!r}, instance_id={self.instance_id!r}, kind={self.kind!r})"
+
+
+# -- accounts and access (gameplane.auth) ----------------------------------------------------------
+# Every secret below (refresh token, reset token, API key) is stored as the SHA-256 of a value
+# with at least 256 random bits: a slow hash adds nothing against guessing such a value, and a
+# fast one keeps the lookup a single indexed equality.
+
+TOKEN_HASH_LENGTH = 64  # hex SHA-256
+
+
+class AuthSession(Base):
+    """One login: a family of refresh tokens, each replacing the previous one. Access
+    tokens name it (``sid``), so revoking it ends them too."""
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_user_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: the last refresh; the session dies ``session_idle_ttl`` after it
+    last_used_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: absolute end (``session_max_ttl`` after login)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    #: logout, logout_all, token_reuse, password_changed, password_reset
+    revoked_reason: Mapped[str | None] = mapped_column(String(32))
+
+
+class RefreshToken(Base):
+    __tablename__ = "refresh_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(TOKEN_HASH_LENGTH), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("auth_sessions.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: set once, atomically, by the refresh that consumes it; a second use is a reuse
+    used_at: Mapped[datetime | None]
+
+
+class PasswordReset(Base):
+    __tablename__ = "password_resets"
+
+    token_hash: Mapped[str] = mapped_column(String(TOKEN_HASH_LENGTH), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    #: used, superseded by a newer token, or voided by a password change
+    used_at: Mapped[datetime | None]
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_user_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    #: the key's first characters, shown in listings so the user can tell keys apart
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(TOKEN_HASH_LENGTH), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditEvent(Base):
+    """A security event. ``user_id`` is deliberately not a foreign key: the log
+    outlives the account it describes."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    #: the client address the request came from
+    address: Mapped[str | None] = mapped_column(String(64))
+    data: Mapped[dict[str, Any]] = mapped_column(json_type(), default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
