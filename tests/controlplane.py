@@ -1,5 +1,6 @@
 """Test helpers: run a real ``gameplane up`` (API + local node agent) on free
-ports against a given database, and talk to it over HTTP as a user would."""
+ports against a given database, and talk to it over HTTP as a user would: as
+the admin ``gameplane up`` creates, logged in after every start."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ import psutil
 
 from tests.agentctl import TEMPLATES, free_port, kill_workloads
 from tests.processes import ServiceProcess
+
+ADMIN_EMAIL = "admin@example.com"
+ADMIN_PASSWORD = "correct horse battery"
 
 
 class ControlPlane(ServiceProcess):
@@ -36,18 +40,28 @@ class ControlPlane(ServiceProcess):
             "GAMEPLANE_PROVISION_TIMEOUT": "30",
             "GAMEPLANE_TEMPLATES_DIRS": str(TEMPLATES),
             "GAMEPLANE_PORT_RANGE": f"{30000 + os.getpid() % 20000}-{30099 + os.getpid() % 20000}",
-            "GAMEPLANE_ADMIN_EMAIL": "admin@example.com",
-            "GAMEPLANE_ADMIN_PASSWORD": "correct horse battery",
+            "GAMEPLANE_ADMIN_EMAIL": ADMIN_EMAIL,
+            "GAMEPLANE_ADMIN_PASSWORD": ADMIN_PASSWORD,
             **{f"GAMEPLANE_{k.upper()}": v for k, v in settings.items()},
         }
         self.poll_interval = poll_interval
+        self.headers: dict[str, str] = {}
         super().__init__(data_dir.parent / f"api-{self.port}.log")
 
     def start(self, timeout: float = 30) -> ControlPlane:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.launch([sys.executable, "-m", "gameplane.cli", "up"], self.url + "/readyz", (200,),
                     timeout, env=self.env)
+        self.login()
         return self
+
+    def login(self, email: str = ADMIN_EMAIL, password: str = ADMIN_PASSWORD) -> dict[str, Any]:
+        """Log in and send the access token on every later request."""
+        r = httpx.post(self.url + "/api/auth/login", json={"email": email, "password": password}, timeout=30)
+        assert r.status_code == 200, r.text
+        tokens: dict[str, Any] = r.json()
+        self.headers = {"Authorization": f"Bearer {tokens['accessToken']}"}
+        return tokens
 
     def stop(self) -> None:
         self.terminate()
@@ -71,7 +85,8 @@ class ControlPlane(ServiceProcess):
 
     # -- HTTP --------------------------------------------------------------------------------
     def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        return httpx.request(method, self.url + path, timeout=30, **kw)
+        headers = {**self.headers, **kw.pop("headers", {})}
+        return httpx.request(method, self.url + path, timeout=30, headers=headers, **kw)
 
     def create(self, name: str, template: str = "freeciv", **variables: str) -> dict[str, Any]:
         if template == "freeciv":

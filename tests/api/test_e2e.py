@@ -54,7 +54,7 @@ def test_events_stream_replays_and_goes_live(cp: ControlPlane) -> None:
     sid = cp.create("evented")["id"]
     cp.wait_phase(sid, "stopped")
     events: list[str] = []
-    with httpx.stream("GET", cp.url + "/api/events", headers={"Last-Event-ID": "0"},
+    with httpx.stream("GET", cp.url + "/api/events", headers={**cp.headers, "Last-Event-ID": "0"},
                       timeout=httpx.Timeout(10)) as stream:
         cp.power(sid, "start")
         for line in stream.iter_lines():
@@ -188,6 +188,10 @@ def test_bad_input_gets_clear_envelopes(cp: ControlPlane) -> None:
 
 
 def test_operations_routes(cp: ControlPlane) -> None:
+    anonymous = httpx.get(cp.url + "/api/game/servers")
+    assert anonymous.status_code == 401 and anonymous.json()["error"] == "unauthorized"
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    assert cp.request("GET", "/api/me").json()["user"]["role"] == "admin"
     assert cp.request("GET", "/healthz").json() == {"status": "ok"}
     assert cp.request("GET", "/readyz").json()["ready"] is True
     sid = cp.create("metered")["id"]

@@ -1,7 +1,8 @@
 """The API process (``gameplane api``, and the heart of ``gameplane up``).
 
 Start-up order, reversed at shutdown: database (migrated under its lock) →
-agent client → provider (finds or starts the local node agent) → instance
+agent client → events and accounts (``app.state.auth``, which authenticates
+every route's caller) → provider (finds or starts the local node agent) → instance
 service, which repairs what a crash left (``recover``) → poller, seeded with
 the persisted states so ``since`` survives a restart.
 """
@@ -24,10 +25,12 @@ from starlette.exceptions import HTTPException
 from gameplane.agents.client import AgentClient, AgentEndpoint
 from gameplane.agents.poller import Poller, Target
 from gameplane.agents.state import NormalizedState
-from gameplane.auth.principal import Principal
+from gameplane.auth import views as auth_views
+from gameplane.auth.mail import mailer_from_settings
+from gameplane.auth.service import AuthService
 from gameplane.db.engine import create_engine_from_settings, create_session_factory, transaction
 from gameplane.db.migrate import upgrade
-from gameplane.db.models import Instance, User
+from gameplane.db.models import Instance
 from gameplane.errors import GameplaneError
 from gameplane.events import views as event_views
 from gameplane.events.broker import Broker
@@ -41,13 +44,6 @@ from gameplane.settings import Settings
 from gameplane.templates import list_templates
 
 log = logging.getLogger(__name__)
-
-
-async def _first_admin(app: FastAPI) -> Principal | None:
-    async with app.state.sessions() as session:
-        user = (await session.execute(select(User).where(User.role == "admin")
-                                      .order_by(User.created_at).limit(1))).scalar_one_or_none()
-    return Principal(user.id, user.role) if user else None
 
 
 def _targets(app: FastAPI) -> Any:
@@ -84,9 +80,9 @@ def create_app(settings: Settings, provider: Provider | None = None) -> FastAPI:
         app.state.sessions = create_session_factory(engine)
         client = AgentClient(timeout=settings.poll_timeout, pool_size=settings.poll_concurrency)
         app.state.events = EventLog(app.state.sessions, Broker())
+        app.state.auth = AuthService(settings, app.state.sessions, mailer_from_settings(settings))
         prov = provider or LocalProvider(settings, client)
         await prov.start()
-        app.state.operator = await _first_admin(app)
         poller = Poller(client, _targets(app), _on_change(app), interval=settings.poll_interval,
                         timeout=settings.poll_timeout, concurrency=settings.poll_concurrency)
         app.state.poller = poller
@@ -108,12 +104,13 @@ def create_app(settings: Settings, provider: Provider | None = None) -> FastAPI:
             await service.shutdown()
             await prov.close()
             await client.aclose()
+            await app.state.auth.shutdown()
             await engine.dispose()
 
     app = FastAPI(title="Gameplane", version="0.1.0", lifespan=lifespan,
                   description="Control plane for game servers. Errors: {\"error\", \"details\"}.")
     app.state.poller_task = None
-    for router in (instance_views.router, event_views.router, ops_views.router):
+    for router in (auth_views.router, instance_views.router, event_views.router, ops_views.router):
         app.include_router(router)
     _install_error_handlers(app)
     return app
@@ -122,7 +119,7 @@ def create_app(settings: Settings, provider: Provider | None = None) -> FastAPI:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GameplaneError)
     async def gameplane_error(request: Request, exc: GameplaneError) -> JSONResponse:
-        return JSONResponse(exc.envelope(), status_code=exc.status)
+        return JSONResponse(exc.envelope(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

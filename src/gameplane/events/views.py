@@ -3,7 +3,13 @@
 The stream first replays recorded events after ``Last-Event-ID`` (or
 ``?after=``), then goes live. A listener too slow for the live queue is
 closed with an ``overflow`` event and resumes from the database when it
-reconnects, so it never misses an event silently."""
+reconnects, so it never misses an event silently.
+
+Authentication: the usual bearer header, or ``?access_token=`` because a
+browser ``EventSource`` cannot send headers (see ``gameplane.auth.principal``).
+The token is checked when the stream opens; a stream outlives the token's 15
+minutes, so a client reconnects with a fresh one after a logout.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from gameplane.auth.principal import Principal, current_principal
+from gameplane.auth.principal import Principal, stream_principal
 from gameplane.errors import BadRequest
 from gameplane.events.broker import Event
 from gameplane.events.service import EventLog
@@ -30,7 +36,7 @@ def _sse(event: Event) -> str:
 
 @router.get("/api/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
-async def events(request: Request, caller: Annotated[Principal, Depends(current_principal)],
+async def events(request: Request, caller: Annotated[Principal, Depends(stream_principal)],
                  after: int | None = None) -> StreamingResponse:
     log: EventLog = request.app.state.events
     last = request.headers.get("last-event-id")
