@@ -509,14 +509,19 @@ class AgentClient:
         """``GET /status``: the agent's full snapshot (docs/agent.md)."""
         return _object(raise_for_result(await self.get_result(ep, "/status", timeout=timeout)), "/status")
 
-    async def _post(self, ep: AgentEndpoint, route: str, payload: Any = None,
+    async def _send(self, ep: AgentEndpoint, method: str, route: str, payload: Any = None,
                     timeout: float | None = None) -> AgentResult:
+        """One attempt, never retried (for anything that is not a read)."""
         body = None if payload is None else json.dumps(payload).encode()
         headers = dict(ep.headers)
         if body is not None:
             headers["Content-Type"] = "application/json"
-        return await self._once("POST", ep.url(route), route, headers, body,
+        return await self._once(method, ep.url(route), route, headers, body,
                                 self.timeout if timeout is None else timeout)
+
+    async def _post(self, ep: AgentEndpoint, route: str, payload: Any = None,
+                    timeout: float | None = None) -> AgentResult:
+        return await self._send(ep, "POST", route, payload, timeout)
 
     async def _power(self, ep: AgentEndpoint, action: str, timeout: float | None) -> dict[str, Any]:
         route = f"/{action}"
@@ -540,6 +545,20 @@ class AgentClient:
         """``POST /console/command`` → ``{"accepted": true, "seq": N}``."""
         result = await self._post(ep, "/console/command", {"command": command}, timeout)
         return _object(raise_for_result(result), "/console/command")
+
+    async def forward(self, ep: AgentEndpoint, method: str, route: str, payload: Any = None, *,
+                      timeout: float | None = None) -> AgentResult:
+        """One call whose HTTP status the API passes on (the backup routes):
+        the agent's answer as a result, whatever its status. No answer at all
+        (refused, timed out) still raises the enveloped 502/504. Only GETs are
+        retried."""
+        if method == "GET":
+            result = await self.get_result(ep, route, timeout=timeout)
+        else:
+            result = await self._send(ep, method, route, payload, timeout)
+        if result.failure in (FailureKind.UNREACHABLE, FailureKind.TIMEOUT, FailureKind.AUTH):
+            raise_for_result(result)
+        return result
 
     # -- node routes ---------------------------------------------------------------------------------
     async def create_instance(self, node_ep: AgentEndpoint, id: str, template: str, token_hash: str,
