@@ -73,8 +73,46 @@ def build_parser() -> argparse.ArgumentParser:
                             "rlimits (off) (GAMEPLANE_CGROUPS)")
     agent.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
                        help="debug, info, warning or error (GAMEPLANE_LOG_LEVEL)")
+    _backup_options(agent)
     control_plane_commands(sub)
     return parser
+
+
+def _backup_options(agent: argparse.ArgumentParser) -> None:
+    agent.add_argument("--backup-engine", choices=["archive", "restic"],
+                       default=_env("BACKUP_ENGINE", "archive"),
+                       help="engine of new backups unless the template says ([backup] engine): archive "
+                            "(tar + zstd in the instance's backups/ dir) or restic (GAMEPLANE_BACKUP_ENGINE)")
+    agent.add_argument("--backup-repository", default=_env("BACKUP_REPOSITORY"),
+                       help="restic repository: a path or s3:http://host:port/bucket (S3 credentials from "
+                            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY); default DATA_DIR/restic-repo "
+                            "(GAMEPLANE_BACKUP_REPOSITORY)")
+    agent.add_argument("--backup-password-file", type=Path, default=_env("BACKUP_PASSWORD_FILE"),
+                       help="restic repository password file; default DATA_DIR/restic-password, "
+                            "generated on first use (GAMEPLANE_BACKUP_PASSWORD_FILE)")
+    agent.add_argument("--backup-keep", type=int, default=_env("BACKUP_KEEP"),
+                       help="keep this many completed backups per instance, locked ones not counted "
+                            "(GAMEPLANE_BACKUP_KEEP; default: all)")
+    agent.add_argument("--backup-keep-days", type=float, default=_env("BACKUP_KEEP_DAYS"),
+                       help="delete unlocked backups older than this (GAMEPLANE_BACKUP_KEEP_DAYS)")
+    agent.add_argument("--backup-min-free", default=_env("BACKUP_MIN_FREE", "64MiB"),
+                       help="free space that must remain after a backup or restore, else 507 "
+                            "(GAMEPLANE_BACKUP_MIN_FREE, default 64MiB)")
+
+
+def _backup_settings(args: argparse.Namespace, data_dir: Path) -> Any:
+    from gameplane.agent.backups.manager import BackupSettings
+    from gameplane.agent.backups.restic import ResticRepository
+    from gameplane.templates.model import parse_size
+
+    repository = args.backup_repository or str(data_dir / "restic-repo")
+    return BackupSettings(
+        engine=args.backup_engine,
+        restic=ResticRepository(repository, args.backup_password_file, data_dir),
+        keep=int(args.backup_keep) if args.backup_keep else None,
+        keep_days=float(args.backup_keep_days) if args.backup_keep_days else None,
+        min_free=parse_size(args.backup_min_free),
+    )
 
 
 def _settings_options(parser: argparse.ArgumentParser) -> None:
@@ -207,7 +245,8 @@ def run_agent(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise SystemExit(f"gameplane agent: cannot read token file {args.token_file}: {exc}") from exc
     registry = Registry(args.data_dir.resolve(), args.templates_dir, UidRange(base=args.uid_base),
-                        use_cgroups=False if args.cgroups == "off" else None)
+                        use_cgroups=False if args.cgroups == "off" else None,
+                        backup=_backup_settings(args, args.data_dir.resolve()))
     if args.node:
         config = AgentConfig(registry, node_token_hash=token_hash)
     else:

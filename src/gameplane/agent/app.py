@@ -25,6 +25,8 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gameplane.agent.auth import check_bearer, normalize_hash
+from gameplane.agent.backups import routes as backup_routes
+from gameplane.agent.backups.manager import BackupManager
 from gameplane.agent.registry import Registry
 from gameplane.agent.supervisor import Supervisor
 from gameplane.errors import BadRequest, GameplaneError, NotImplementedYet, Unprocessable
@@ -119,6 +121,8 @@ async def health(request: Request, sup: Supervisor) -> Response:
 async def ready(request: Request, sup: Supervisor) -> Response:
     if not sup.files.installed:
         return JSONResponse({"ready": False, "reason": "not installed"}, status_code=503)
+    if sup.busy == "restore":
+        return JSONResponse({"ready": False, "reason": "restoring"}, status_code=503)
     return JSONResponse({"ready": True, "phase": sup.phase, "busy": sup.busy, "seq": sup.seq})
 
 
@@ -143,6 +147,17 @@ async def console_command(request: Request, sup: Supervisor) -> Response:
     body = await read_json_body(request)
     seq = await sup.send_command(validate_command(body.get("command")))
     return JSONResponse({"accepted": True, "seq": seq}, status_code=202)
+
+
+def backup_route(path: str, handler: backup_routes.ManagerHandler, methods: list[str]) -> Route:
+    async def endpoint(request: Request, sup: Supervisor) -> Response:
+        return await handler(request, _config(request).registry.backup_manager(sup.files.id))
+
+    return instance_route(path, endpoint, methods)
+
+
+async def create_backup(request: Request, manager: BackupManager) -> Response:
+    return await backup_routes.create_backup(request, manager, await read_json_body(request))
 
 
 def not_yet(feature: str, issue: str) -> Handler:
@@ -243,9 +258,15 @@ def instance_routes() -> list[BaseRoute]:
         *(instance_route(f"/{a}", power(a), ["POST"]) for a in ("start", "stop", "restart", "kill")),
         instance_route("/console/command", console_command, ["POST"]),
         WebSocketRoute("/console/ws", console_ws),
+        backup_route("/backups", backup_routes.list_backups, ["GET"]),
+        backup_route("/backups", create_backup, ["POST"]),
+        backup_route("/backups/restore", backup_routes.restore_backup, ["POST"]),
+        backup_route("/backups/{backup_id}", backup_routes.delete_backup, ["DELETE"]),
+        backup_route("/backups/{backup_id}/download", backup_routes.download_backup, ["GET"]),
+        backup_route("/backups/{backup_id}/lock", backup_routes.lock_backup(True), ["POST"]),
+        backup_route("/backups/{backup_id}/unlock", backup_routes.lock_backup(False), ["POST"]),
     ]
-    later = [("/backups", "backups", "backups issue"), ("/backups/{rest:path}", "backups", "backups issue"),
-             ("/files", "files", "console and uploads issue"),
+    later = [("/files", "files", "console and uploads issue"),
              ("/files/{rest:path}", "files", "console and uploads issue"),
              ("/ide/{rest:path}", "ide", "IDE issue")]
     routes += [instance_route(p, not_yet(f, i), ["GET", "POST", "PUT", "DELETE"]) for p, f, i in later]

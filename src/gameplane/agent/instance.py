@@ -4,7 +4,9 @@ Layout under the agent's data dir::
 
     instances/<id>/instance.json   template, variables, ports, token hash, uid
     instances/<id>/data/           the workload's files (owned by its user)
-    instances/<id>/run/            FIFOs, state.json, status.json, console.log
+    instances/<id>/run/            FIFOs, state.json, status.json, console.log, restore.json
+    instances/<id>/backups/        archives and their records (see agent/backups)
+    instances/<id>/.restore-*      a restore's staging and old dir, siblings of data/
 
 ``instance.json`` and ``state.json`` are written to a temp file and renamed,
 so a crash mid-write never leaves a half file. Nothing here ever deletes or
@@ -79,6 +81,11 @@ class InstancePaths:
         self.state = self.run / "state.json"
         self.console_log = self.run / "console.log"
         self.installed_marker = self.run / "installed"
+        self.backups = root / "backups"
+        # Siblings of data/ on the same filesystem, so a restore swaps them by rename.
+        self.restore_staging = root / ".restore-staging"
+        self.restore_old = root / ".restore-old"
+        self.restore_journal = self.run / "restore.json"
 
 
 class InstanceFiles:
@@ -141,11 +148,12 @@ class InstanceFiles:
         self.chown_data()
         self.paths.installed_marker.write_text(str(time.time()))
 
-    def chown_data(self) -> None:
+    def chown_data(self, root: Path | None = None) -> None:
+        """Give the data dir (or ``root``, a restore's staging dir) to the instance's user."""
         uid = self.config.uid
         if uid is None or os.geteuid() != 0:
             return
-        for dirpath, dirnames, filenames in os.walk(self.paths.data):
+        for dirpath, dirnames, filenames in os.walk(root or self.paths.data):
             os.chown(dirpath, uid, uid, follow_symlinks=False)
             for name in dirnames + filenames:
                 with contextlib.suppress(FileNotFoundError):

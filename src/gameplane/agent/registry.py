@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gameplane.agent.backups.manager import BackupManager, BackupSettings
 from gameplane.agent.instance import InstanceConfig, InstanceFiles, check_instance_id, read_json
 from gameplane.agent.supervisor import Supervisor
 from gameplane.errors import Conflict, GameplaneError, NotFound, Unprocessable
@@ -35,13 +36,15 @@ class UidRange:
 
 class Registry:
     def __init__(self, data_dir: Path, template_dirs: list[Path], uids: UidRange = UidRange(),
-                 use_cgroups: bool | None = None):
+                 use_cgroups: bool | None = None, backup: BackupSettings | None = None):
         self.data_dir = data_dir
         self.instances_dir = data_dir / "instances"
         self.template_dirs = template_dirs
         self.uids = uids
         self.use_cgroups = use_cgroups
         self.instances: dict[str, Supervisor] = {}
+        self.backup_settings = backup or BackupSettings()
+        self.backups: dict[str, BackupManager] = {}
         self.broken: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
@@ -61,7 +64,19 @@ class Registry:
                 continue
             supervisor = Supervisor(files, self.use_cgroups)
             self.instances[config.id] = supervisor
+            manager = self.backups[config.id] = BackupManager(supervisor, self.backup_settings)
+            # Before the supervisor looks at the data dir: a killed restore is resolved first.
+            start_again = manager.recover()
             await supervisor.recover()
+            if start_again and supervisor.workload is None and supervisor.busy is None:
+                try:
+                    supervisor.request_start()
+                except GameplaneError as exc:
+                    log.error("instance %s: not started after an interrupted restore: %s", config.id, exc)
+
+    def backup_manager(self, instance_id: str) -> BackupManager:
+        self.get(instance_id)
+        return self.backups[instance_id]
 
     def get(self, instance_id: str) -> Supervisor:
         try:
@@ -93,6 +108,7 @@ class Registry:
                 raise
             supervisor = Supervisor(files, self.use_cgroups)
             self.instances[instance_id] = supervisor
+            self.backups[instance_id] = BackupManager(supervisor, self.backup_settings)
             return supervisor
 
     async def delete(self, instance_id: str) -> None:
@@ -103,6 +119,7 @@ class Registry:
             await supervisor.workload.wait()
         await supervisor.shutdown()
         del self.instances[instance_id]
+        self.backups.pop(instance_id, None)
         await asyncio.to_thread(shutil.rmtree, supervisor.files.paths.root, True)
 
     async def shutdown(self) -> None:

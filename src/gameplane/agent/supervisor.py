@@ -82,6 +82,9 @@ class Supervisor:
         self._cpu_sample: tuple[float, int] | None = None
         self._disk: tuple[float, int] | None = None
         self._listeners: list[Callable[[], None]] = []
+        # A long operation's progress (backups, restores), shown in /status; kept
+        # after it ends so its outcome can be read.
+        self.progress: Callable[[], dict[str, Any]] | None = None
 
     # -- state ----------------------------------------------------------------
     def _set_phase(self, phase: Phase, reason: str | None = None) -> None:
@@ -104,8 +107,12 @@ class Supervisor:
         })
 
     # -- power: claims ----------------------------------------------------------
-    def begin(self, operation: str, work: Callable[[], Awaitable[None]]) -> None:
-        """Claim the instance for ``operation`` and run ``work`` in the background."""
+    def begin(self, operation: str, work: Callable[[], Awaitable[None]], *,
+              crash_on_error: bool = True) -> None:
+        """Claim the instance for ``operation`` and run ``work`` in the background.
+
+        A failed power action leaves the workload ``crashed``; operations that
+        report their own failure (backups) pass ``crash_on_error=False``."""
         if self.busy is not None:
             raise Conflict("busy", {"operation": self.busy})
         self.busy = operation
@@ -115,9 +122,14 @@ class Supervisor:
             try:
                 await work()
             except GameplaneError as exc:
+                if not crash_on_error:
+                    log.error("instance %s: %s failed: %s", self.files.id, operation, exc)
+                    return
                 self._set_phase("crashed", f"{operation} failed: {exc.code} {exc.details}")
             except Exception:
                 log.exception("instance %s: %s failed", self.files.id, operation)
+                if not crash_on_error:
+                    return
                 self._set_phase("crashed", f"{operation} failed: internal error (see agent log)")
             finally:
                 self.busy = None
@@ -157,6 +169,23 @@ class Supervisor:
             await self._stop()
         self.preflight()
         await self._start()
+
+    # -- under another operation's claim (backups, restores) ---------------------------
+    async def stop_claimed(self) -> bool:
+        """Stop the workload for the operation holding the claim; True if it was running."""
+        if self.workload is None:
+            return False
+        await self._stop()
+        return True
+
+    async def start_claimed(self) -> None:
+        self.preflight()
+        await self._start()
+
+    def bump(self) -> None:
+        """Tell pollers and console readers that ``progress`` changed stage."""
+        self.seq += 1
+        self.console.poke()
 
     # -- preflight ----------------------------------------------------------------
     def preflight(self) -> None:
@@ -499,6 +528,7 @@ class Supervisor:
             "sandbox": {"bwrap": w.bwrap if w else self._bwrap_wanted(),
                         "cgroups": self.cgroup is not None,
                         "uid": self.files.config.uid},
+            "progress": self.progress() if self.progress else None,
         }
 
 

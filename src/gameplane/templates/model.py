@@ -153,6 +153,34 @@ class Backup(_Strict):
     paths: list[str] = ["."]
     pre: list[str] = []
     post: list[str] = []
+    # A pre command such as freeciv's `save` only asks: the copy starts once this
+    # line shows in the console (or fails after `pre_timeout`), not at a guess.
+    pre_wait_log: str | None = None
+    pre_timeout: float = Field(default=30.0, gt=0)
+    # "copy": back up a running server as it is (after `pre`); "stop": stop it
+    # for the copy and start it again (servers with no console to flush with).
+    running: Literal["copy", "stop"] = "copy"
+    engine: Literal["archive", "restic"] | None = None  # None: the agent's --backup-engine
+    keep: int | None = Field(default=None, ge=1)  # None: the agent's --backup-keep
+    keep_days: float | None = Field(default=None, gt=0)
+
+    @field_validator("pre_wait_log")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {v!r}: {exc}") from exc
+        return v
+
+    @field_validator("paths")
+    @classmethod
+    def _relative(cls, v: list[str]) -> list[str]:
+        for path in v:
+            if path.startswith("/") or ".." in path.split("/"):
+                raise ValueError(f"backup paths are relative to the data dir, without '..': {path!r}")
+        return v
 
 
 class Limits(_Strict):
@@ -222,6 +250,9 @@ class Template(_Strict):
             raise ValueError(f"ready.udp names port {self.ready.udp.port!r}, which is not udp")
         if self.stop.command and self.console.type == "none":
             raise ValueError("stop.command needs a console; this template has console type 'none'")
+        if (self.backup.pre or self.backup.post) and self.console.type == "none":
+            raise ValueError("backup.pre and backup.post need a console; "
+                             "this template has console type 'none'")
         return self
 
     def _check_ref(self, ref: str) -> None:
