@@ -4,6 +4,7 @@ On both databases, without game servers (a stand-in provider)."""
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +20,7 @@ from tests.auth.conftest import Api, bearer
 #: the path it appears in. A new kind of object id must be added here: the matrix
 #: fails naming the route until it is.
 OBJECT_PARAMS = {"server_id": "server", "environment_id": "dev", "env_id": "dev", "dev_id": "dev",
-                 "key_id": "api_key"}
+                 "key_id": "api_key", "backup_id": "backup"}
 BARE_ID_PREFIXES = {"/api/game/servers/": "server", "/api/dev/": "dev", "/api/auth/api-keys/": "api_key"}
 
 
@@ -45,7 +46,10 @@ def _example(schema: dict[str, Any]) -> Any:
 def _body(route: APIRoute) -> dict[str, Any] | None:
     if route.body_field is None:
         return None
-    schema = route.body_field.field_info.annotation.model_json_schema(by_alias=True)  # type: ignore[union-attr]
+    annotation = route.body_field.field_info.annotation
+    # An optional body (``Model | None``): its model.
+    model = next((a for a in typing.get_args(annotation) if hasattr(a, "model_json_schema")), annotation)
+    schema = model.model_json_schema(by_alias=True)  # type: ignore[union-attr]
     return {name: _example(prop) for name, prop in schema.get("properties", {}).items()
             if name in schema.get("required", [])}
 
@@ -95,7 +99,9 @@ async def _world(api: Api) -> dict[str, Any]:
     r = await api.client.post("/api/auth/api-keys", json={"name": "ci"}, headers=a["headers"])
     assert r.status_code == 201
     objects = {"server": await _instance(api, owner, "game"), "dev": await _instance(api, owner, "dev"),
-               "api_key": r.json()["apiKey"]["id"]}
+               "api_key": r.json()["apiKey"]["id"],
+               # Backups live on the agent: the server in the path is what must not leak.
+               "backup": "backup-of-a"}
     return {"a": a, "b": b, "objects": objects, "a_key": r.json()["key"]}
 
 
@@ -116,7 +122,7 @@ async def test_user_b_gets_404_on_every_route_of_user_a_objects(api: Api) -> Non
         url = path
         for param in ids:
             url = url.replace(f"{{{param}}}", world["objects"][_object_for(path, param)])
-        query = {p.alias: "x" for p in route.dependant.query_params if p.required}
+        query = {p.alias: "x" for p in route.dependant.query_params if p.field_info.is_required()}
         r = await api.client.request(method, url, params=query, json=_body(route),
                                      headers=world["b"]["headers"])
         assert r.status_code == 404 and r.json()["error"] == "not_found", (method, path, r.text)

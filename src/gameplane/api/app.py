@@ -28,6 +28,7 @@ from gameplane.agents.state import NormalizedState
 from gameplane.auth import views as auth_views
 from gameplane.auth.mail import mailer_from_settings
 from gameplane.auth.service import AuthService
+from gameplane.backups import views as backup_views
 from gameplane.db.engine import create_engine_from_settings, create_session_factory, transaction
 from gameplane.db.migrate import upgrade
 from gameplane.db.models import Instance
@@ -79,6 +80,7 @@ def create_app(settings: Settings, provider: Provider | None = None) -> FastAPI:
         engine = create_engine_from_settings(settings)
         app.state.sessions = create_session_factory(engine)
         client = AgentClient(timeout=settings.poll_timeout, pool_size=settings.poll_concurrency)
+        app.state.client = client
         app.state.events = EventLog(app.state.sessions, Broker())
         app.state.auth = AuthService(settings, app.state.sessions, mailer_from_settings(settings))
         prov = provider or LocalProvider(settings, client)
@@ -110,7 +112,8 @@ def create_app(settings: Settings, provider: Provider | None = None) -> FastAPI:
     app = FastAPI(title="Gameplane", version="0.1.0", lifespan=lifespan,
                   description="Control plane for game servers. Errors: {\"error\", \"details\"}.")
     app.state.poller_task = None
-    for router in (auth_views.router, instance_views.router, event_views.router, ops_views.router):
+    for router in (auth_views.router, instance_views.router, backup_views.router, event_views.router,
+                   ops_views.router):
         app.include_router(router)
     _install_error_handlers(app)
     return app

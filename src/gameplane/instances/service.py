@@ -238,7 +238,7 @@ class InstanceService:
         log.info("provisioning %s %s", instance_id, why)
 
     # -- power and console ------------------------------------------------------------------
-    async def _active(self, principal: Principal, instance_id: str,
+    async def active_endpoint(self, principal: Principal, instance_id: str,
                       kind: InstanceKind) -> tuple[Instance, AgentEndpoint]:
         row = await self.get(principal, instance_id, kind)
         if row.lifecycle != "active" or row.agent_url is None:
@@ -250,7 +250,7 @@ class InstanceService:
                     action: str) -> dict[str, Any]:
         if action not in ACTIONS:
             raise NotFound("not_found", {"action": action})
-        row, endpoint = await self._active(principal, instance_id, kind)
+        row, endpoint = await self.active_endpoint(principal, instance_id, kind)
         result: dict[str, Any] = await getattr(self.client, action)(endpoint)
         await self.refresh(row)
         return result
@@ -259,7 +259,7 @@ class InstanceService:
                               command: Any) -> dict[str, Any]:
         if not isinstance(command, str):
             raise Unprocessable("invalid_command", {"reason": "command must be a string"})
-        _, endpoint = await self._active(principal, instance_id, kind)
+        _, endpoint = await self.active_endpoint(principal, instance_id, kind)
         return await self.client.console_command(endpoint, command)
 
     # -- delete --------------------------------------------------------------------------------
