@@ -92,7 +92,6 @@ def test_agent_killed_at_a_point_of_the_restore(data_dir: Path, monkeypatch: pyt
         _check_after_restart(agent, data_dir, expect, old, new)
     finally:
         agent.terminate()
-
         kill_workloads(data_dir)
 
 
@@ -109,5 +108,4 @@ def test_agent_killed_at_random_moments_of_a_large_restore(data_dir: Path) -> No
             old = tree(data_of(data_dir))  # whatever survived is the old world of the next round
     finally:
         agent.terminate()
-
         kill_workloads(data_dir)
