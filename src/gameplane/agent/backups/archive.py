@@ -20,8 +20,10 @@ import hashlib
 import io
 import json
 import os
+import queue
 import stat
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -53,17 +55,68 @@ class _HashingWriter:
         self.raw.flush()
 
 
-class _HashingReader(io.RawIOBase):
-    def __init__(self, raw: IO[bytes]):
-        self.raw, self.sha = raw, hashlib.sha256()
+class _DecompressingReader(io.RawIOBase):
+    """The decompressed stream, produced by a thread of its own: zstd then runs
+    while this thread hashes and writes files (as ``tar -I zstd`` runs two
+    processes). The compressed bytes are hashed on the way."""
+
+    def __init__(self, fh: IO[bytes]):
+        self.sha = hashlib.sha256()
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
+        self._stop = threading.Event()
+        self._chunk, self._pos = memoryview(b""), 0
+        self._thread = threading.Thread(target=self._produce, args=(fh,), daemon=True)
+        self._thread.start()
+
+    def _produce(self, fh: IO[bytes]) -> None:
+        item: bytes | BaseException | None = None
+        try:
+            tee: Any = _Tee(fh, self.sha)
+            reader = zstandard.ZstdDecompressor().stream_reader(tee, read_size=CHUNK)
+            while not self._stop.is_set() and (block := reader.read(4 * CHUNK)):
+                self._put(block)
+        except BaseException as exc:  # handed to the reading thread
+            item = exc
+        self._put(item)
+
+    def _put(self, item: bytes | BaseException | None) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
-        n = self.raw.readinto(buffer)  # type: ignore[attr-defined]
-        self.sha.update(memoryview(buffer)[:n])
-        return int(n)
+    def read(self, size: int = -1) -> bytes:
+        if self._pos >= len(self._chunk):
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item is None:
+                self._queue.put(None)  # stay at EOF for further reads
+                return b""
+            self._chunk, self._pos = memoryview(item), 0
+        end = len(self._chunk) if size < 0 else self._pos + size
+        out = bytes(self._chunk[self._pos:end])
+        self._pos += len(out)
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        super().close()
+
+
+class _Tee:
+    def __init__(self, raw: IO[bytes], sha: Any):
+        self.raw, self.sha = raw, sha
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.sha.update(data)
+        return data
 
 
 class _TarWriter:
@@ -147,23 +200,22 @@ def write_archive(target: IO[bytes], source: Source, progress: Progress, threads
 
 def extract_archive(fh: IO[bytes], staging: Path, progress: Progress) -> tuple[str, int]:
     """Extract and verify into ``staging``; answer the archive's sha256 and data bytes."""
-    # The compressed bytes are hashed as they are read, to compare with the record.
-    reader: Any = _HashingReader(fh)
-    decompressor = zstandard.ZstdDecompressor()
+    reader = _DecompressingReader(fh)
     try:
-        with decompressor.stream_reader(reader, read_size=CHUNK) as z, \
-                tarfile.open(fileobj=z, mode="r|", bufsize=1 << 16) as tar:
+        with tarfile.open(fileobj=reader, mode="r|", bufsize=1 << 16) as tar:
             extractor = _Extractor(staging, progress)
             for member in tar:
                 extractor.member(tar, member)
             # Read to the end of the zstd frame so the whole file is hashed.
-            while z.read(CHUNK):
+            while reader.read(CHUNK):
                 pass
     except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
         raise safety.refuse("", f"unreadable archive: {exc}") from exc
+    finally:
+        reader.close()
     extractor.verify()
     extractor.finish_dirs()
-    return str(reader.sha.hexdigest()), extractor.data_bytes
+    return reader.sha.hexdigest(), extractor.data_bytes
 
 
 class _Extractor:

@@ -23,6 +23,8 @@ import logging
 import os
 import shutil
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,10 @@ NO_EXCHANGE_ENV = "GAMEPLANE_TEST_NO_EXCHANGE"
 def pause_point(name: str) -> None:
     if name in os.environ.get(PAUSE_ENV, "").split(","):
         log.warning("pausing at %s (%s)", name, PAUSE_ENV)
-        os.kill(os.getpid(), signal.SIGSTOP)
+        # To this thread: a process-directed SIGSTOP may stop the others first
+        # and let this one run on past the point before it stops.
+        signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
+        time.sleep(0.5)
 
 
 def exchange(a: Path, b: Path) -> bool:
