@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(bubblewrap util-linux freeciv-server minetest-server teeworlds-server)
+DEBS=(bubblewrap util-linux freeciv-server minetest-server teeworlds-server restic)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
