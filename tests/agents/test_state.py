@@ -145,3 +145,27 @@ def test_is_event_only_for_phase_ready_online_reachable_reason(changes: dict[str
 
 def test_the_first_state_is_an_event() -> None:
     assert is_event(None, _state())
+
+
+def test_a_restore_in_progress_is_its_own_phase_with_progress() -> None:
+    progress = {"operation": "restore", "backupId": "b1", "stage": "verifying", "status": "running",
+                "bytesDone": 50, "bytesTotal": 200, "filesDone": 3, "error": None}
+    obs = Observation(T0, True, False, status("stopped", busy="restore", progress=progress),
+                      reason="restoring")
+    state = derive_state("active", obs, None)
+    assert state["phase"] == "restoring" and state["ready"] is False and state["online"] is False
+    assert state["operation"] == {"name": "restore", "stage": "verifying", "percent": 25.0, "backupId": "b1"}
+
+
+def test_backup_progress_is_an_event_and_idle_has_no_operation() -> None:
+    def backing_up(done: int) -> Observation:
+        progress = {"operation": "backup", "backupId": "b2", "stage": "copying", "status": "running",
+                    "bytesDone": done, "bytesTotal": 100, "filesDone": 1, "error": None}
+        return seen("running", busy="backup", progress=progress)
+
+    first = derive_state("active", backing_up(10), None)
+    later = derive_state("active", backing_up(60), first)
+    assert first["phase"] == "running" and first["operation"]["percent"] == 10.0  # type: ignore[index]
+    assert is_event(first, later), "progress streams as events"
+    idle = derive_state("active", seen("running", progress={"operation": "backup", "stage": "done"}), later)
+    assert idle["operation"] is None and is_event(later, idle)

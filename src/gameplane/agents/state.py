@@ -56,7 +56,7 @@ LIFECYCLES: frozenset[str] = frozenset(get_args(Lifecycle))
 WORKLOAD_PHASES: frozenset[str] = frozenset({"stopped", "starting", "running", "stopping", "crashed"})
 #: The fields whose change is an event (``GET /api/events``); resources and
 #: ``lastSeenAt`` change every poll and are not.
-EVENT_FIELDS = ("phase", "ready", "online", "reachable", "reason")
+EVENT_FIELDS = ("phase", "ready", "online", "reachable", "reason", "operation")
 
 
 class Resources(TypedDict):
@@ -70,6 +70,15 @@ class Players(TypedDict):
     max: int | None
 
 
+class Operation(TypedDict):
+    """A long operation in progress on the agent (a backup, a restore)."""
+
+    name: str
+    stage: str | None
+    percent: float | None
+    backupId: str | None
+
+
 class NormalizedState(TypedDict):
     phase: str
     ready: bool
@@ -80,6 +89,7 @@ class NormalizedState(TypedDict):
     reason: str | None
     resources: Resources
     players: Players
+    operation: Operation | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +145,23 @@ _UNUSABLE = {FailureKind.AUTH: "the agent refused the control plane's credential
              FailureKind.BAD_RESPONSE: "bad answer from the agent"}
 
 
+def _operation(status: Mapping[str, Any] | None) -> Operation | None:
+    """The agent's busy operation and its progress; None when idle. Its
+    changes are events, so a long backup's stages and percentage stream to
+    the portal at the poll interval."""
+    busy = status.get("busy") if status else None
+    if not isinstance(busy, str) or status is None:
+        return None
+    progress = status.get("progress")
+    progress = progress if isinstance(progress, dict) and progress.get("operation") == busy else {}
+    done, total = progress.get("bytesDone"), progress.get("bytesTotal")
+    percent = (round(100.0 * done / total, 1) if isinstance(done, int) and isinstance(total, int)
+               and total > 0 else None)
+    stage, backup_id = progress.get("stage"), progress.get("backupId")
+    return {"name": busy, "stage": stage if isinstance(stage, str) else None, "percent": percent,
+            "backupId": backup_id if isinstance(backup_id, str) else None}
+
+
 def derive_state(lifecycle: Lifecycle | str, observation: Observation | None,
                  previous: NormalizedState | None, *, now: datetime | None = None,
                  lifecycle_reason: str | None = None) -> NormalizedState:
@@ -168,6 +195,9 @@ def derive_state(lifecycle: Lifecycle | str, observation: Observation | None,
         reason = obs.reason or _UNUSABLE.get(obs.failure, "the agent's status could not be read")
     elif status.get("phase") not in WORKLOAD_PHASES:
         phase, reason = "unreachable", f"bad answer from the agent: unknown phase {status.get('phase')!r}"
+    elif status.get("busy") == "restore":
+        # The workload is stopped while its data is swapped: say so, not "stopped".
+        phase, reason = "restoring", None
     else:
         phase = str(status["phase"])
         ready = obs.ready
@@ -183,14 +213,12 @@ def derive_state(lifecycle: Lifecycle | str, observation: Observation | None,
         last_seen = previous["lastSeenAt"] if previous is not None else None
     return {"phase": phase, "ready": ready, "online": online, "reachable": reachable, "since": since,
             "lastSeenAt": last_seen, "reason": reason, "resources": _resources(status),
-            "players": _players(status)}
+            "players": _players(status), "operation": _operation(status)}
 
 
 def is_event(previous: NormalizedState | None, current: NormalizedState) -> bool:
-    """Whether going from ``previous`` to ``current`` is an event (a change of
-    phase, ready, online, reachable or reason; the first state always is)."""
+    """Whether going from ``previous`` to ``current`` is an event (a change in
+    one of ``EVENT_FIELDS``; the first state always is)."""
     if previous is None:
         return True
-    return (previous["phase"] != current["phase"] or previous["ready"] != current["ready"]
-            or previous["online"] != current["online"] or previous["reachable"] != current["reachable"]
-            or previous["reason"] != current["reason"])
+    return any(previous.get(field) != current.get(field) for field in EVENT_FIELDS)
