@@ -132,7 +132,8 @@ def test_commands_and_tokens_are_checked(node: Agent) -> None:
     assert node.client(base, "tq-wrong").get("/status").json()["error"] == "invalid_token"
     assert node.client(base, "").get("/health").status_code == 200
     assert node.client("/i/nobody", "tq").get("/status").json()["error"] == "instance_not_found"
-    for path in ("/backups", "/files?path=x", "/ide/lab"):
+    assert c.get("/backups").json() == {"backups": []}, "backups are served under the node prefix"
+    for path in ("/files?path=x", "/ide/lab"):
         r = c.get(path)
         assert r.status_code == 501 and r.json()["error"] == "not_implemented"
     assert c.post("/stop").json()["error"] == "not_running"
