@@ -281,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(getattr(args, "log_level", "info")).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if logging.getLogger().level > logging.DEBUG:
+        # Alembic narrates every plugin it loads at INFO; operators need its warnings only.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         if args.command == "agent":
             return run_agent(args)
