@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "rlimits (off) (GAMEPLANE_CGROUPS)")
     agent.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
                        help="debug, info, warning or error (GAMEPLANE_LOG_LEVEL)")
+    agent.add_argument("--upload-max-bytes", default=_env("UPLOAD_MAX_BYTES", "10GiB"),
+                       help="largest single upload into an instance's data dir, else 413 too_large; "
+                            "a template's limits.disk also bounds it (GAMEPLANE_UPLOAD_MAX_BYTES, "
+                            "default 10GiB)")
     _backup_options(agent)
     control_plane_commands(sub)
     return parser
@@ -234,7 +238,9 @@ def run_agent(args: argparse.Namespace) -> int:
 
     from gameplane.agent.app import AgentConfig, create_app
     from gameplane.agent.auth import read_token_file
+    from gameplane.agent.files.routes import FileSettings
     from gameplane.agent.registry import Registry, UidRange
+    from gameplane.templates.model import parse_size
 
     if args.data_dir is None or args.token_file is None:
         raise SystemExit("gameplane agent: --data-dir and --token-file are required")
@@ -247,13 +253,14 @@ def run_agent(args: argparse.Namespace) -> int:
     registry = Registry(args.data_dir.resolve(), args.templates_dir, UidRange(base=args.uid_base),
                         use_cgroups=False if args.cgroups == "off" else None,
                         backup=_backup_settings(args, args.data_dir.resolve()))
+    files = FileSettings(max_upload=parse_size(args.upload_max_bytes))
     if args.node:
-        config = AgentConfig(registry, node_token_hash=token_hash)
+        config = AgentConfig(registry, node_token_hash=token_hash, files=files)
     else:
         ports = {k: int(v) for k, v in _pairs(args.port, "--port").items() if v.isdigit()}
         config = AgentConfig(registry, single_instance=args.instance_id, single_template=args.template,
                              single_token_hash=token_hash, single_variables=_pairs(args.var, "--var"),
-                             single_ports=ports)
+                             single_ports=ports, files=files)
     _raise_nofile_limit()
     host, port = args.listen
     server = uvicorn.Server(uvicorn.Config(

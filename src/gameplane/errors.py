@@ -9,10 +9,12 @@ Exception tree::
     ├── Forbidden               403  authenticated, but not allowed (admin routes)
     ├── NotFound                404  unknown instance, route or file, or another user's
     ├── Conflict                409  busy, not running, already running
+    ├── PayloadTooLarge         413  an upload over a size limit or the instance's disk quota
     ├── Unprocessable           422  well-formed input that cannot be honoured
     ├── RateLimited             429  too many attempts (``Retry-After``)
     ├── NotImplementedYet       501  contract routes whose issue has not landed
-    └── Unavailable             503  a dependency (console pipe, agent) is not there
+    ├── Unavailable             503  a dependency (console pipe, agent) is not there
+    └── InsufficientStorage     507  the disk is (or would be) full
 
 Library exceptions are translated at the boundary with ``raise X from exc``.
 """
@@ -71,6 +73,11 @@ class Conflict(GameplaneError):
     code = "conflict"
 
 
+class PayloadTooLarge(GameplaneError):
+    status = 413
+    code = "too_large"
+
+
 class Unprocessable(GameplaneError):
     status = 422
     code = "unprocessable"
@@ -101,3 +108,8 @@ class TemplateError(Unprocessable):
     """A template file or an instance's variables do not validate."""
 
     code = "invalid_template"
+
+
+class InsufficientStorage(GameplaneError):
+    status = 507
+    code = "insufficient_storage"

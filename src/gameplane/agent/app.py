@@ -14,7 +14,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
@@ -27,6 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from gameplane.agent.auth import check_bearer, normalize_hash
 from gameplane.agent.backups import routes as backup_routes
 from gameplane.agent.backups.manager import BackupManager
+from gameplane.agent.files import routes as file_routes
 from gameplane.agent.registry import Registry
 from gameplane.agent.supervisor import Supervisor
 from gameplane.errors import BadRequest, GameplaneError, NotImplementedYet, Unprocessable
@@ -49,6 +50,7 @@ class AgentConfig:
     single_token_hash: str | None = None
     single_variables: dict[str, str] | None = None
     single_ports: dict[str, int] | None = None
+    files: file_routes.FileSettings = field(default_factory=file_routes.FileSettings)
 
     async def start(self) -> None:
         """Load the data dir; in single mode create the one instance on first run."""
@@ -152,6 +154,13 @@ async def console_command(request: Request, sup: Supervisor) -> Response:
 def backup_route(path: str, handler: backup_routes.ManagerHandler, methods: list[str]) -> Route:
     async def endpoint(request: Request, sup: Supervisor) -> Response:
         return await handler(request, _config(request).registry.backup_manager(sup.files.id))
+
+    return instance_route(path, endpoint, methods)
+
+
+def file_route(path: str, handler: file_routes.FileHandler, methods: list[str]) -> Route:
+    async def endpoint(request: Request, sup: Supervisor) -> Response:
+        return await handler(request, file_routes.FileManager(sup, _config(request).files))
 
     return instance_route(path, endpoint, methods)
 
@@ -265,10 +274,12 @@ def instance_routes() -> list[BaseRoute]:
         backup_route("/backups/{backup_id}/download", backup_routes.download_backup, ["GET"]),
         backup_route("/backups/{backup_id}/lock", backup_routes.lock_backup(True), ["POST"]),
         backup_route("/backups/{backup_id}/unlock", backup_routes.lock_backup(False), ["POST"]),
+        file_route("/files", file_routes.list_files, ["GET"]),
+        file_route("/files", file_routes.upload_file, ["PUT"]),
+        file_route("/files", file_routes.delete_file, ["DELETE"]),
+        file_route("/files/content", file_routes.download_file, ["GET"]),
     ]
-    later = [("/files", "files", "console and uploads issue"),
-             ("/files/{rest:path}", "files", "console and uploads issue"),
-             ("/ide/{rest:path}", "ide", "IDE issue")]
+    later = [("/ide/{rest:path}", "ide", "IDE issue")]
     routes += [instance_route(p, not_yet(f, i), ["GET", "POST", "PUT", "DELETE"]) for p, f, i in later]
     return routes
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gameplane.agent.backups.manager import BackupManager, BackupSettings
+from gameplane.agent.files.datadir import sweep_uploads
 from gameplane.agent.instance import InstanceConfig, InstanceFiles, check_instance_id, read_json
 from gameplane.agent.supervisor import Supervisor
 from gameplane.errors import Conflict, GameplaneError, NotFound, Unprocessable
@@ -65,6 +66,9 @@ class Registry:
             supervisor = Supervisor(files, self.use_cgroups)
             self.instances[config.id] = supervisor
             manager = self.backups[config.id] = BackupManager(supervisor, self.backup_settings)
+            swept = await asyncio.to_thread(sweep_uploads, files.paths.data)
+            if swept:
+                log.info("instance %s: removed %d interrupted upload(s)", config.id, swept)
             # Before the supervisor looks at the data dir: a killed restore is resolved first.
             start_again = manager.recover()
             await supervisor.recover()

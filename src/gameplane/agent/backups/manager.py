@@ -25,13 +25,12 @@ from gameplane.agent.backups.archive import ArchiveEngine
 from gameplane.agent.backups.engine import BackupFailed, Engine, Progress, Source
 from gameplane.agent.backups.records import (
     BackupRecord,
-    InsufficientStorage,
     RecordStore,
     new_backup_id,
 )
 from gameplane.agent.backups.restic import ResticRepository
 from gameplane.agent.supervisor import Supervisor
-from gameplane.errors import Conflict, GameplaneError
+from gameplane.errors import Conflict, GameplaneError, InsufficientStorage
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gameplane.agent.instance import read_json, write_json_atomic
-from gameplane.errors import GameplaneError, NotFound
+from gameplane.errors import NotFound
 
 Status = Literal["pending", "running", "completed", "failed"]
 BACKUP_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-
-
-class InsufficientStorage(GameplaneError):
-    status = 507
-    code = "insufficient_storage"
 
 
 def new_backup_id(now: float) -> str:
