@@ -43,6 +43,7 @@ from pydantic_settings import (
 )
 
 from gameplane.errors import GameplaneError
+from gameplane.templates.model import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ Address = Annotated[HostPort, NoDecode, BeforeValidator(parse_host_port)]
 Ports = Annotated[PortRange, NoDecode, BeforeValidator(parse_port_range)]
 PathList = Annotated[list[Path], NoDecode, BeforeValidator(_split_paths)]
 StrList = Annotated[list[str], NoDecode, BeforeValidator(_split_paths)]
+UploadSize = Annotated[int, NoDecode, BeforeValidator(parse_size), Field(gt=0)]
 
 
 def default_data_dir(euid: int | None = None, home: Path | None = None) -> Path:
@@ -189,6 +191,9 @@ class Settings(BaseSettings):
     provision_timeout: float = Field(default=120.0, gt=0)
     #: how often agent instances the database does not own are looked for and removed
     reconcile_interval: float = Field(default=60.0, gt=0)
+    #: largest upload through the file routes (``10GiB`` or bytes); the local agent
+    #: reads the same variable for its own limit (``--upload-max-bytes``)
+    upload_max_bytes: UploadSize = 10 << 30
     templates_dirs: PathList = Field(default_factory=list)
     agent_listen: Address = HostPort("127.0.0.1", 7601)
     port_range: Ports = PortRange(20000, 29999)

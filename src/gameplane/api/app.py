@@ -36,6 +36,7 @@ from gameplane.errors import GameplaneError
 from gameplane.events import views as event_views
 from gameplane.events.broker import Broker
 from gameplane.events.service import EventLog
+from gameplane.files import views as file_views
 from gameplane.instances import views as instance_views
 from gameplane.instances.service import InstanceService
 from gameplane.ops import views as ops_views
@@ -112,8 +113,9 @@ def create_app(settings: Settings, provider: Provider | None = None) -> FastAPI:
     app = FastAPI(title="Gameplane", version="0.1.0", lifespan=lifespan,
                   description="Control plane for game servers. Errors: {\"error\", \"details\"}.")
     app.state.poller_task = None
-    for router in (auth_views.router, instance_views.router, backup_views.router, event_views.router,
-                   ops_views.router):
+    app.state.settings = settings
+    for router in (auth_views.router, instance_views.router, backup_views.router, file_views.router,
+                   event_views.router, ops_views.router):
         app.include_router(router)
     _install_error_handlers(app)
     return app

@@ -24,11 +24,11 @@ _GENERIC = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 409
 
 
 # Field names are the API's camelCase JSON keys.
-class _Shape(BaseModel):
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class Backup(_Shape):
+class Backup(Strict):
     id: str
     name: str | None
     createdAt: str | None
@@ -40,33 +40,33 @@ class Backup(_Shape):
     engine: str | None
 
 
-class BackupOne(_Shape):
+class BackupOne(Strict):
     backup: Backup
 
 
-class BackupList(_Shape):
+class BackupList(Strict):
     backups: list[Backup]
 
 
-class RestoreState(_Shape):
+class RestoreState(Strict):
     backupId: str
     status: str
 
 
-class RestoreAnswer(_Shape):
+class RestoreAnswer(Strict):
     restore: RestoreState
 
 
-class Envelope(_Shape):
+class Envelope(Strict):
     error: str
     details: Any
 
 
-def _text(value: Any) -> str | None:
+def text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _size(value: Any) -> int | None:
+def size(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
@@ -76,14 +76,14 @@ def backup(raw: Any) -> dict[str, Any]:
     status = data.get("status")
     return Backup(
         id=str(data.get("id", "")),
-        name=_text(data.get("name")),
-        createdAt=_text(data.get("createdAt")),
-        sizeBytes=_size(data.get("sizeBytes")),
-        sha256=_text(data.get("sha256")),
-        engineId=_text(data.get("engineId")),
+        name=text(data.get("name")),
+        createdAt=text(data.get("createdAt")),
+        sizeBytes=size(data.get("sizeBytes")),
+        sha256=text(data.get("sha256")),
+        engineId=text(data.get("engineId")),
         status=status if status in _STATUSES else "failed",
         locked=data.get("locked") is True,
-        engine=_text(data.get("engine")),
+        engine=text(data.get("engine")),
     ).model_dump()
 
 
@@ -100,7 +100,7 @@ def restore(body: Any, backup_id: str) -> dict[str, Any]:
     raw = body.get("restore") if isinstance(body, dict) else None
     raw = raw if isinstance(raw, dict) else {}
     return {"restore": {"backupId": str(raw.get("backupId") or backup_id),
-                        "status": _text(raw.get("status")) or "pending"}}
+                        "status": text(raw.get("status")) or "pending"}}
 
 
 def envelope(status: int, body: Any, detail: str | None) -> dict[str, Any]:
