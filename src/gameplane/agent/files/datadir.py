@@ -137,7 +137,7 @@ class DataDir:
             if self.uid is not None:
                 os.fchown(child, self.uid, self.uid)
         except OSError as exc:
-            raise _translate(exc, path, part) from exc
+            raise _translate(exc, path, part, fd) from exc
         if fd != root_fd:
             os.close(fd)
         return child
@@ -147,7 +147,7 @@ class DataDir:
         try:
             return os.open(part, _DIR_FLAGS, dir_fd=fd)
         except OSError as exc:
-            raise _translate(exc, path, part) from exc
+            raise _translate(exc, path, part, fd) from exc
 
     def kind(self, walk: Walk, path: str) -> os.stat_result:
         """``lstat`` of the last component; 404 if it is not there."""
@@ -205,14 +205,16 @@ class DataDir:
             _regular(found, path)
             os.unlink(walk.name, dir_fd=walk.parent_fd)
 
-    def size_of(self, walk: Walk) -> int:
-        """The size of the regular file an upload would replace (0 if none)."""
+    def size_of(self, walk: Walk, path: str) -> int:
+        """The size of the file an upload would replace (0 if none); an upload
+        replaces only a regular file, never a folder, symlink or FIFO."""
         assert walk.name is not None
         try:
             found = os.stat(walk.name, dir_fd=walk.parent_fd, follow_symlinks=False)
         except FileNotFoundError:
             return 0
-        return found.st_size if stat.S_ISREG(found.st_mode) else 0
+        _regular(found, path)
+        return found.st_size
 
     def is_current(self, walk: Walk) -> bool:
         """Whether the descriptor still is the data dir (a restore swaps the dir
@@ -272,7 +274,9 @@ def _regular(found: os.stat_result, path: str) -> None:
         raise Conflict("not_a_regular_file", {"path": path, "reason": "a FIFO, socket or device"})
 
 
-def _translate(exc: OSError, path: str, part: str) -> Exception:
+def _translate(exc: OSError, path: str, part: str, dir_fd: int | None = None) -> Exception:
+    if exc.errno == errno.ENOTDIR and dir_fd is not None and _is_symlink(part, dir_fd):
+        exc = OSError(errno.ELOOP, "a symlink")  # O_DIRECTORY may win over O_NOFOLLOW
     if exc.errno == errno.ELOOP:
         return invalid(path, f"symlink: {part!r}; the file manager does not follow symlinks")
     if exc.errno == errno.ENOTDIR:
@@ -282,3 +286,10 @@ def _translate(exc: OSError, path: str, part: str) -> Exception:
     if exc.errno == errno.ENXIO:  # a socket
         return Conflict("not_a_regular_file", {"path": path, "reason": "a FIFO, socket or device"})
     return exc
+
+
+def _is_symlink(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False

@@ -54,7 +54,7 @@ class FileManager:
         replaced = 0
         try:
             with self.data.walk(path, parts) as walk:
-                replaced = self.data.size_of(walk)
+                replaced = self.data.size_of(walk, path)
         except NotFound:
             pass  # a parent folder does not exist yet: the upload creates it
         quota = self.sup.files.template.limits.disk
