@@ -27,7 +27,6 @@ import os
 import socket
 import sqlite3
 import sys
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -36,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.controlplane import ControlPlane
+from tests.filesctl import PeakRss
 
-from _harness import cpu_seconds, mb, rss_bytes, temp_dir
+from _harness import cpu_seconds, mb, temp_dir
 
 MiB = 1 << 20
 RATIO_FLOOR = 0.8
@@ -52,24 +52,6 @@ def new_server(cp: ControlPlane) -> tuple[str, str, str]:
         url, token = db.execute("SELECT agent_url, agent_token FROM instances WHERE id = ?",
                                 (sid,)).fetchone()
     return sid, url, token
-
-
-class RssPeak(threading.Thread):
-    def __init__(self, pid: int):
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.before = rss_bytes(pid)
-        self.peak = self.before
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(0.005):
-            self.peak = max(self.peak, rss_bytes(self.pid))
-
-    def growth(self) -> int:
-        self.done.set()
-        self.join()
-        return self.peak - self.before
 
 
 def upload(url: str, token: str, size: int, block: bytes) -> float:
@@ -128,7 +110,7 @@ def main() -> int:
             for rep in range(args.reps):
                 order = ["direct", "api"] if rep % 2 == 0 else ["api", "direct"]
                 for name in order:
-                    sampler = RssPeak(cp.proc.pid)
+                    sampler = PeakRss(cp.proc.pid)
                     sampler.start()
                     cpu_before = cpu_seconds(cp.proc.pid), cpu_seconds(agent_pid)
                     seconds = upload(*targets[name], size, block)

@@ -8,10 +8,13 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import quote, urlsplit
+
+import psutil
 
 #: (path as the client means it, expected status, expected error code) for every
 #: route; a status of None means "the route's own refusal for a special file"
@@ -198,3 +201,27 @@ def hashed(chunks: Iterable[bytes], digest: object) -> Iterator[bytes]:
     for chunk in chunks:
         digest.update(chunk)  # type: ignore[attr-defined]
         yield chunk
+
+
+class PeakRss(threading.Thread):
+    """A process's peak VmRSS, sampled every 5 ms from ``start()`` to ``growth()``."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.process = psutil.Process(pid)
+        self.before = self._rss()
+        self.peak = self.before
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    def _rss(self) -> int:
+        return int(self.process.memory_info().rss)  # VmRSS of /proc/PID/status
+
+    def growth(self) -> int:
+        """Peak minus the RSS at construction."""
+        self.done.set()
+        self.join()
+        return self.peak - self.before

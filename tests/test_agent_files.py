@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.agentctl import TEMPLATES, Agent, Client, running_agent
+from tests.backupctl import backup
 from tests.conftest import TOKEN
 from tests.filesctl import (
     ENCODED_CORPUS,
@@ -276,3 +277,30 @@ def test_temp_files_of_a_killed_agent_are_swept_at_start(data_dir: Path) -> None
         assert (data / "conf.txt").exists()
     finally:
         agent.terminate()
+
+
+def test_writes_answer_busy_during_a_restore_reads_do_not(data_dir: Path) -> None:
+    """A server that ignores SIGTERM keeps the restore in its `stopping` stage
+    for a few seconds: long enough to try every route meanwhile."""
+    text = (TEMPLATES / "backupbox.toml").read_text()
+    text = text.replace("echo ready\n", "trap '' TERM\necho ready\n").replace("kill_timeout = 2",
+                                                                             "timeout = 3\nkill_timeout = 2")
+    template = data_dir.parent / "slowstop.toml"
+    template.write_text(text)
+    with running_agent(data_dir, TOKEN, ["--template", str(template)]) as agent:
+        c, data = agent.client(), _data(data_dir)
+        assert c.post("/start").status_code == 202
+        c.wait_phase("running")
+        made = backup(c, "before")
+        assert c.post(f"/backups/restore?id={made['id']}").status_code == 202
+        c.wait(lambda s: s["busy"] == "restore", 5, "the restore")
+        r = _put(c, "during.txt", b"x")
+        assert (r.status_code, r.json()) == (409, {"error": "busy", "details": {"operation": "restore"}})
+        r = c.request("DELETE", "/files", params={"path": "conf.txt"})
+        assert r.status_code == 409 and r.json()["error"] == "busy"
+        assert c.get("/files").status_code == 200
+        assert c.get("/files/content?path=conf.txt").status_code == 200
+        assert c.status()["busy"] == "restore", "all of that happened during the restore"
+        c.wait(lambda s: s["busy"] is None, 60, "the restore's end")
+        assert not (data / "during.txt").exists() and (data / "conf.txt").exists()
+        assert _put(c, "after.txt", b"x").status_code == 201

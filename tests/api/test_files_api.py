@@ -7,7 +7,6 @@ documented shapes, every refusal of the traversal corpus on every route."""
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,23 +16,8 @@ import pytest
 
 from gameplane.backups.shapes import Envelope
 from gameplane.files import shapes
+from tests import filesctl as fc
 from tests.controlplane import ControlPlane, running_control_plane
-from tests.filesctl import (
-    ENCODED_CORPUS,
-    ROUTES,
-    SPECIAL,
-    STRING_CORPUS,
-    generated,
-    hashed,
-    hazards_intact,
-    plant_hazards,
-    put_chunked,
-    put_cut_off,
-    put_headers_only,
-    raw_status,
-    special_expectation,
-    temp_files,
-)
 
 pytestmark = pytest.mark.slow
 BIG = 2 << 30
@@ -94,7 +78,7 @@ def test_upload_list_download_delete_through_the_api(cp: ControlPlane) -> None:
     _refused(cp.request("PUT", url, content=b"x"), 422, "invalid_request")  # no ?path=
 
     # Another user's (here: an unknown) server is a 404 on every file route.
-    for method, suffix in ROUTES:
+    for method, suffix in fc.ROUTES:
         r = cp.request(method, f"/api/game/servers/nosuchserver/files{suffix}", params={"path": "x"},
                        content=b"x" if method == "PUT" else None)
         _refused(r, 404, "not_found")
@@ -103,49 +87,22 @@ def test_upload_list_download_delete_through_the_api(cp: ControlPlane) -> None:
 def test_traversal_corpus_refused_on_every_route_through_the_api(cp: ControlPlane) -> None:
     sid, data = _server(cp)
     outside = cp.data_dir.parent / "outside"
-    plant_hazards(data, outside)
+    fc.plant_hazards(data, outside)
     passwd = Path("/etc/passwd").read_bytes()
     url = _files(sid)
-    for method, suffix in ROUTES:
-        for path, status, code in STRING_CORPUS:
+    for method, suffix in fc.ROUTES:
+        for path, status, code in fc.STRING_CORPUS:
             r = cp.request(method, url + suffix, params={"path": path},
                            content=b"pwned" if method == "PUT" else None)
             _refused(r, status, code)
-        for raw in ENCODED_CORPUS:
-            got, body = raw_status(cp.url + url + suffix, method, raw, cp.headers)
+        for raw in fc.ENCODED_CORPUS:
+            got, body = fc.raw_status(cp.url + url + suffix, method, raw, cp.headers)
             assert got == 400 and b"invalid_path" in body, (method, suffix, raw, body)
-        for path in SPECIAL:
+        for path in fc.SPECIAL:
             r = cp.request(method, url + suffix, params={"path": path},
                            content=b"pwned" if method == "PUT" else None)
-            _refused(r, *special_expectation(method, suffix))
-    hazards_intact(data, outside, passwd)
-
-
-def _vm_rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
-class RssSampler(threading.Thread):
-    """The peak VmRSS of a process, sampled every few milliseconds."""
-
-    def __init__(self, pid: int):
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.peak = _vm_rss(pid)
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(0.005):
-            self.peak = max(self.peak, _vm_rss(self.pid))
-
-    def stop(self) -> int:
-        self.done.set()
-        self.join()
-        return self.peak
+            _refused(r, *fc.special_expectation(method, suffix))
+    fc.hazards_intact(data, outside, passwd)
 
 
 def test_two_gib_stream_through_the_api_without_growing_its_memory(cp: ControlPlane) -> None:
@@ -153,18 +110,17 @@ def test_two_gib_stream_through_the_api_without_growing_its_memory(cp: ControlPl
     url = cp.url + _files(sid)
     assert cp.proc is not None
     # Warm up: the first upload loads what any upload needs (aiohttp's session and so on).
-    r = httpx.put(url, params={"path": "warm.bin"}, content=generated(8 << 20), headers=cp.headers,
+    r = httpx.put(url, params={"path": "warm.bin"}, content=fc.generated(8 << 20), headers=cp.headers,
                   timeout=60)
     assert r.status_code == 201, r.text
-    baseline = _vm_rss(cp.proc.pid)
-    sampler = RssSampler(cp.proc.pid)
+    sampler = fc.PeakRss(cp.proc.pid)
     sampler.start()
     digest = hashlib.sha256()
     started = time.monotonic()
-    r = httpx.put(url, params={"path": "big/world.bin"}, content=hashed(generated(BIG), digest),
+    r = httpx.put(url, params={"path": "big/world.bin"}, content=fc.hashed(fc.generated(BIG), digest),
                   headers={**cp.headers, "Content-Length": str(BIG)}, timeout=600)
     elapsed = time.monotonic() - started
-    growth = sampler.stop() - baseline
+    growth = sampler.growth()
     assert r.status_code == 201, r.text
     assert r.json()["file"]["sizeBytes"] == BIG
     print(f"2 GiB through the API in {elapsed:.1f}s ({BIG / elapsed / 2**20:.0f} MiB/s), "
@@ -183,11 +139,11 @@ def test_two_gib_stream_through_the_api_without_growing_its_memory(cp: ControlPl
 def test_an_upload_cut_off_halfway_through_the_api_leaves_no_file(cp: ControlPlane) -> None:
     sid, data = _server(cp)
     for chunked in (False, True):
-        put_cut_off(cp.url + _files(sid), "half.bin", cp.headers, 64 << 20, 32 << 20, chunked=chunked)
+        fc.put_cut_off(cp.url + _files(sid), "half.bin", cp.headers, 64 << 20, 32 << 20, chunked=chunked)
         deadline = time.monotonic() + 10
-        while temp_files(data) and time.monotonic() < deadline:
+        while fc.temp_files(data) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not temp_files(data) and not (data / "half.bin").exists()
+        assert not fc.temp_files(data) and not (data / "half.bin").exists()
     r = cp.request("PUT", _files(sid), params={"path": "after.bin"}, content=b"fine")
     assert r.status_code == 201
 
@@ -206,15 +162,15 @@ def test_limits_answer_413_in_the_envelope(small_cp: ControlPlane) -> None:
     url = cp.url + _files(sid)
     # Declared length: refused before any byte of the body is sent.
     for expect in (False, True):
-        status, body = put_headers_only(url, "big.bin", cp.headers, 2 << 20, expect=expect)
+        status, body = fc.put_headers_only(url, "big.bin", cp.headers, 2 << 20, expect=expect)
         assert status == 413 and b'"too_large"' in body, body
     # Chunked: cut off as it passes the limit, nothing left at the agent.
-    status, body = put_chunked(url, "big.bin", cp.headers, 4 << 20)
+    status, body = fc.put_chunked(url, "big.bin", cp.headers, 4 << 20)
     assert status in (413, None) and (status is None or b'"too_large"' in body), body
     deadline = time.monotonic() + 10
-    while temp_files(data) and time.monotonic() < deadline:
+    while fc.temp_files(data) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not temp_files(data) and not (data / "big.bin").exists()
+    assert not fc.temp_files(data) and not (data / "big.bin").exists()
     r = cp.request("PUT", _files(sid), params={"path": "fits.bin"}, content=b"f" * (1 << 20))
     assert r.status_code == 201
 
@@ -224,10 +180,10 @@ def test_the_agents_early_refusal_is_answered_at_once(cp: ControlPlane) -> None:
     answer comes back through the API while the client has sent no byte of
     the body, with or without ``Expect: 100-continue``."""
     sid, data = _server(cp)
-    status, body = put_headers_only(cp.url + _files(sid), "../escape", cp.headers, 1 << 30, expect=True)
+    status, body = fc.put_headers_only(cp.url + _files(sid), "../escape", cp.headers, 1 << 30, expect=True)
     assert status == 400 and b'"invalid_path"' in body, body
-    status, body = put_headers_only(cp.url + _files(sid), "world", cp.headers, 1 << 30)
+    status, body = fc.put_headers_only(cp.url + _files(sid), "world", cp.headers, 1 << 30)
     assert status == 409 and b'"is_a_directory"' in body, body
-    status, body = put_headers_only(cp.url + _files(sid), "huge.bin", cp.headers, 11 << 30)
+    status, body = fc.put_headers_only(cp.url + _files(sid), "huge.bin", cp.headers, 11 << 30)
     assert status == 413 and b'"maxBytes":10737418240' in body, "the API's default limit"
-    assert not temp_files(data)
+    assert not fc.temp_files(data)
