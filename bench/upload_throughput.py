@@ -131,7 +131,8 @@ def main() -> int:
     ok = ratio >= RATIO_FLOOR and growth < RSS_FLOOR
     print(json.dumps({"sizeMiB": args.size, "reps": args.reps, "directMiBs": round(rate["direct"], 1),
                       "apiMiBs": round(rate["api"], 1), "ratio": round(ratio, 3),
-                      "apiPeakRssGrowthMiB": round(mb(growth), 1)}))
+                      "apiPeakRssGrowthMiB": round(mb(growth), 1),
+                      "loadAverage": [round(x, 2) for x in os.getloadavg()]}))
     print(f"SUMMARY upload_throughput: {args.size} MiB, best of {args.reps}: direct "
           f"{rate['direct']:.0f} MiB/s, through the API {rate['api']:.0f} MiB/s, ratio {ratio:.2f} "
           f"(floor {RATIO_FLOOR}); API peak RSS growth {mb(growth):.1f} MiB (floor < {mb(RSS_FLOOR):.0f}) "
