@@ -187,3 +187,20 @@ def test_the_agents_early_refusal_is_answered_at_once(cp: ControlPlane) -> None:
     status, body = fc.put_headers_only(cp.url + _files(sid), "huge.bin", cp.headers, 11 << 30)
     assert status == 413 and b'"maxBytes":10737418240' in body, "the API's default limit"
     assert not fc.temp_files(data)
+
+
+def test_a_hung_agent_answers_504_instead_of_holding_the_upload(cp: ControlPlane) -> None:
+    sid, _ = _server(cp)
+    agent = cp.agent_process()
+    assert agent is not None
+    agent.suspend()  # accepts connections (the kernel does), answers nothing
+    try:
+        started = time.monotonic()
+        r = httpx.put(cp.url + _files(sid), params={"path": "x.bin"}, content=b"x" * 1000,
+                      headers=cp.headers, timeout=60)
+        waited = time.monotonic() - started
+    finally:
+        agent.resume()
+    _refused(r, 504, "agent_timeout")
+    assert waited < 30, waited
+    assert cp.request("PUT", _files(sid), params={"path": "x.bin"}, content=b"x").status_code == 201

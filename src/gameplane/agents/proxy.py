@@ -18,6 +18,8 @@ agent_unreachable``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -27,7 +29,7 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from gameplane.agents.client import AgentClient, AgentEndpoint
+from gameplane.agents.client import AgentClient, AgentEndpoint, AgentTimeout
 from gameplane.auth.principal import Principal
 from gameplane.backups.shapes import envelope
 from gameplane.errors import BadRequest, GameplaneError, PayloadTooLarge
@@ -37,6 +39,9 @@ from gameplane.instances.service import InstanceService
 CHUNK = 1 << 16
 #: an error body from the agent is read up to this much
 _ERROR_BODY = 1 << 16
+#: seconds an upload waits for the agent's first answer (``100 Continue`` or a
+#: refusal): its checks may walk the data dir to measure it against a quota
+FIRST_ANSWER = 15.0
 Shape = Callable[[Any], Any]
 
 
@@ -113,15 +118,18 @@ async def stream_download(endpoint: AgentEndpoint, route: str) -> Response:
 
 class _CountedBody:
     """The caller's body as it arrives, stopped at ``limit`` bytes. Why it
-    stopped early is kept: aiohttp only sees its writer fail."""
+    stopped early is kept: aiohttp only sees its writer fail. ``wanted`` is
+    set when aiohttp first asks for it: the agent answered ``100 Continue``."""
 
     def __init__(self, request: Request, limit: int):
         self.request = request
         self.limit = limit
         self.sent = 0
         self.stopped: GameplaneError | None = None
+        self.wanted = asyncio.Event()
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        self.wanted.set()
         try:
             async for chunk in self.request.stream():
                 self.sent += len(chunk)
@@ -134,6 +142,22 @@ class _CountedBody:
         except ClientDisconnect:
             self.stopped = BadRequest("upload_interrupted", {"receivedBytes": self.sent})
             raise
+
+
+async def _first_answer(put: asyncio.Future[aiohttp.ClientResponse], wanted: asyncio.Event,
+                        route: str) -> None:
+    waiting: asyncio.Future[Any] = asyncio.ensure_future(wanted.wait())
+    either: set[asyncio.Future[Any]] = {put, waiting}
+    try:
+        done, _ = await asyncio.wait(either, timeout=FIRST_ANSWER,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+    if not done:
+        put.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+            await put
+        raise AgentTimeout(details={"route": route, "reason": f"no answer within {FIRST_ANSWER:g}s"})
 
 
 def declared_length(request: Request) -> int | None:
@@ -159,13 +183,20 @@ async def stream_upload(request: Request, endpoint: AgentEndpoint, route: str, l
         headers["Content-Length"] = str(length)  # passed on: the agent checks it before the body
     # No read timeout: the agent answers only once the whole body is through,
     # however long a slow client takes; a vanished client ends the upload anyway.
+    # Only its first answer (100 Continue, or a refusal) is waited for at most
+    # FIRST_ANSWER seconds, so a hung agent is not mistaken for a slow upload.
     session = _session(None)
     try:
-        async with session.put(endpoint.url(route), data=body.chunks(), headers=headers,
-                               expect100=True) as upstream:
+        put = asyncio.ensure_future(session.put(endpoint.url(route), data=body.chunks(), headers=headers,
+                                                expect100=True))
+        await _first_answer(put, body.wanted, route)
+        upstream = await put
+        try:
             if upstream.status >= 300:
                 return await _error_answer(upstream)
             raw = await upstream.content.read(_ERROR_BODY)
+        finally:
+            upstream.release()
     except (aiohttp.ClientError, TimeoutError) as exc:
         if body.stopped is not None:
             raise body.stopped from exc
