@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
 import stat
 import subprocess
 import time
@@ -28,11 +29,13 @@ from tests.filesctl import (
     generated,
     hashed,
     hazards_intact,
+    head_of,
     plant_hazards,
     put_chunked,
     put_cut_off,
     put_headers_only,
     raw_status,
+    read_response,
     special_expectation,
     temp_files,
 )
@@ -279,21 +282,29 @@ def test_temp_files_of_a_killed_agent_are_swept_at_start(data_dir: Path) -> None
         agent.terminate()
 
 
-def test_writes_answer_busy_during_a_restore_reads_do_not(data_dir: Path) -> None:
-    """A server that ignores SIGTERM keeps the restore in its `stopping` stage
+def _slow_stopping_box(data_dir: Path) -> list[str]:
+    """A server that ignores SIGTERM keeps a restore in its `stopping` stage
     for a few seconds: long enough to try every route meanwhile."""
     text = (TEMPLATES / "backupbox.toml").read_text()
     text = text.replace("echo ready\n", "trap '' TERM\necho ready\n").replace("kill_timeout = 2",
                                                                              "timeout = 3\nkill_timeout = 2")
     template = data_dir.parent / "slowstop.toml"
     template.write_text(text)
-    with running_agent(data_dir, TOKEN, ["--template", str(template)]) as agent:
+    return ["--template", str(template)]
+
+
+def _restoring(c: Client) -> None:
+    assert c.post("/start").status_code == 202
+    c.wait_phase("running")
+    made = backup(c, "before")
+    assert c.post(f"/backups/restore?id={made['id']}").status_code == 202
+    c.wait(lambda s: s["busy"] == "restore", 5, "the restore")
+
+
+def test_writes_answer_busy_during_a_restore_reads_do_not(data_dir: Path) -> None:
+    with running_agent(data_dir, TOKEN, _slow_stopping_box(data_dir)) as agent:
         c, data = agent.client(), _data(data_dir)
-        assert c.post("/start").status_code == 202
-        c.wait_phase("running")
-        made = backup(c, "before")
-        assert c.post(f"/backups/restore?id={made['id']}").status_code == 202
-        c.wait(lambda s: s["busy"] == "restore", 5, "the restore")
+        _restoring(c)
         r = _put(c, "during.txt", b"x")
         assert (r.status_code, r.json()) == (409, {"error": "busy", "details": {"operation": "restore"}})
         r = c.request("DELETE", "/files", params={"path": "conf.txt"})
@@ -304,3 +315,21 @@ def test_writes_answer_busy_during_a_restore_reads_do_not(data_dir: Path) -> Non
         c.wait(lambda s: s["busy"] is None, 60, "the restore's end")
         assert not (data / "during.txt").exists() and (data / "conf.txt").exists()
         assert _put(c, "after.txt", b"x").status_code == 201
+
+
+def test_an_upload_that_a_restore_overtakes_fails_and_leaves_nothing(data_dir: Path) -> None:
+    with running_agent(data_dir, TOKEN, _slow_stopping_box(data_dir)) as agent:
+        c, data = agent.client(), _data(data_dir)
+        with socket.create_connection(("127.0.0.1", agent.port), timeout=30) as sock:
+            sock.sendall(head_of("PUT", "/files?path=straddle.bin", f"127.0.0.1:{agent.port}",
+                                 {**AUTH, "Transfer-Encoding": "chunked"}))
+            sock.sendall(b"10\r\n" + b"s" * 16 + b"\r\n")
+            deadline = time.monotonic() + 5
+            while not temp_files(data) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert temp_files(data), "the upload is under way"
+            _restoring(c)
+            sock.sendall(b"10\r\n" + b"s" * 16 + b"\r\n0\r\n\r\n")
+            status, body = read_response(sock)
+        assert status == 409 and b'"busy"' in body, body
+        assert not (data / "straddle.bin").exists() and not temp_files(data)
