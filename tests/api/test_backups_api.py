@@ -63,11 +63,16 @@ def test_backup_list_restore_download_delete_through_the_api(cp: ControlPlane) -
     assert r.status_code == 202
     shapes.RestoreAnswer.model_validate(r.json())
     assert r.json()["restore"]["backupId"] == made["id"]
-    # The server is stopped for the restore and started again, since it was running.
+    # While the restore runs the instance is busy: the delete answers 409 until it ends
+    # (the cached state may still say "running" from before the restore was accepted).
+    deadline = time.monotonic() + 60
+    while (r := cp.request("DELETE", f"/api/game/servers/{sid}/backups/{made['id']}")).status_code == 409:
+        assert r.json()["error"] == "busy", r.text
+        assert time.monotonic() < deadline, "the restore did not end"
+        time.sleep(0.2)
+    assert r.status_code == 204, r.text
+    # The server was stopped for the restore and is started again, since it was running.
     cp.wait(sid, lambda s: s["phase"] == "running" and s["ready"], 60, "running after the restore")
-
-    r = cp.request("DELETE", f"/api/game/servers/{sid}/backups/{made['id']}")
-    assert r.status_code == 204
     assert made["id"] not in [b["id"] for b in _backups(cp, sid)]
 
 
