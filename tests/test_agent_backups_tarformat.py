@@ -1,20 +1,24 @@
 """The archive engine's own tar reading and writing: archives of GNU tar (gnu
 and posix formats) restore, ours read back with plain tar, long and non-ASCII
-names survive both ways, and what the parser does not support is refused."""
+names survive both ways, what the parser does not support is refused, and a
+backup that fails part-way raises and stops its threads."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import zstandard
 
-from gameplane.agent.backups import tarformat
+from gameplane.agent.backups import archive, tarformat
 from gameplane.agent.backups.archive import write_archive
-from gameplane.agent.backups.engine import Progress, Source
+from gameplane.agent.backups.engine import BackupFailed, Progress, Source
 from gameplane.agent.backups.extract import MANIFEST, extract_archive
 from gameplane.errors import Unprocessable
 from tests.backupctl import tree
@@ -151,3 +155,35 @@ def test_data_after_the_zstd_frame_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Unprocessable) as caught:
         _restore(blob + b"trailing bytes", tmp_path / "bad")
     assert caught.value.code == "invalid_archive"
+
+
+class _FullDisk:
+    def write(self, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("case", ["disk full", "file vanished", "file shrank"])
+def test_a_failing_backup_raises_and_leaves_no_thread_behind(tmp_path: Path, case: str) -> None:
+    src = tmp_path / "src"
+    _world(src)
+    before = threading.active_count()
+    progress = Progress("backup", "x")
+    if case == "disk full":
+        with pytest.raises(OSError, match="No space"):
+            write_archive(_FullDisk(), Source(src, (".",)), progress)  # type: ignore[arg-type]
+    elif case == "file vanished":
+        class Vanishing(Source):
+            def entries(self) -> Iterator[tuple[str, str, os.stat_result]]:
+                for rel, full, st in super().entries():
+                    if rel == "world/level.dat":
+                        os.unlink(full)
+                    yield rel, full, st
+        with (tmp_path / "a").open("wb") as fh, pytest.raises(FileNotFoundError):
+            write_archive(fh, Vanishing(src, (".",)), progress)
+    else:
+        fd = os.open(src / "world/level.dat", os.O_RDONLY)
+        with pytest.raises(BackupFailed) as caught:
+            archive._read(fd, 100, "world/level.dat")  # fstat said 100 bytes, 6 are left
+        os.close(fd)
+        assert caught.value.code == "file_changed"
+    assert threading.active_count() == before

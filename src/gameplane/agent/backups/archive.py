@@ -76,12 +76,16 @@ class _Stage:
         self._queue.put(item)
 
     def close(self) -> None:
-        """Wait for every item to be handled (idempotent)."""
+        """Wait for every item to be handled."""
+        self.stop()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """End the thread, whatever happened (idempotent)."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
-        if self._error is not None:
-            raise self._error
 
 
 class _ArchiveFile:
@@ -235,9 +239,9 @@ def write_archive(target: IO[bytes], source: Source, progress: Progress, level: 
         z.close()  # type: ignore[no-untyped-call]  # the end of the zstd frame, to ``out``
         out.stage.close()
     finally:
+        compressing.stop()
+        out.stage.stop()
         packer.hashers.close()
-        compressing.close()
-        out.stage.close()
     return out.size, out.sha.hexdigest()
 
 
