@@ -20,6 +20,12 @@ only reads files and builds tar headers (``tarformat``):
   and written by another.
 
 What is in flight is bounded: the pools' queues and the writer's queue.
+
+Cost: SHA-256 runs at ~380 MiB/s per core on a CPU without SHA extensions,
+so the two hashes of a 1 GiB data dir (its files, then a ~620 MiB archive)
+are ~4.5 CPU-seconds, more than ``tar -I zstd -cf`` spends on the whole job
+(~3.5). On two cores that bounds this engine to about half of tar's
+throughput whatever the code does; ``bench/README.md`` has the figures.
 """
 
 from __future__ import annotations
