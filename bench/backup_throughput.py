@@ -29,8 +29,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from _harness import temp_dir
-from gameplane.agent.backups.archive import extract_archive, write_archive
+from gameplane.agent.backups.archive import write_archive
 from gameplane.agent.backups.engine import Progress, Source
+from gameplane.agent.backups.extract import extract_archive
 from gameplane.agent.backups.records import RecordStore
 from gameplane.agent.backups.swap import sync_tree
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from gameplane.agent.backups.archive import MANIFEST, extract_archive
 from gameplane.agent.backups.engine import Progress
+from gameplane.agent.backups.extract import MANIFEST, extract_archive
 from gameplane.errors import Unprocessable
 from tests.agentctl import running_agent
 from tests.backupctl import BOX, backup, data_of, restore, tree, write_world

@@ -7,6 +7,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,7 +86,13 @@ class Source:
             if stat.S_ISDIR(st.st_mode):
                 yield from self._walk(child.path, seen)
 
+    @cached_property
+    def _root(self) -> str:
+        return os.path.normpath(self.data_dir) + "/"
+
     def _rel(self, path: str) -> str:
+        if path.startswith(self._root):  # a path scandir made: nothing to normalize (relpath is slow)
+            return path[len(self._root):]
         return os.path.relpath(path, self.data_dir)
 
     def covers(self, rel: str) -> bool:
