@@ -94,9 +94,9 @@ def object_routes(app: FastAPI) -> list[tuple[str, str, list[str], APIRoute]]:
     return found
 
 
-async def _instance(api: Api, owner: str, kind: InstanceKind) -> str:
+async def _instance(api: Api, owner: str, kind: InstanceKind, name: str | None = None) -> str:
     async with transaction(api.sessions) as db:
-        row = Instance(owner_id=owner, kind=kind, name=f"{kind} of a", template="freeciv",
+        row = Instance(owner_id=owner, kind=kind, name=name or f"{kind} of a", template="freeciv",
                        agent_token="t", lifecycle="active", agent_url="http://127.0.0.1:9")
         db.add(row)
         await db.flush()

@@ -101,12 +101,18 @@ class ConsoleProxy:
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(settings.console_queue_frames)
         self.bucket = TokenBucket(settings.console_command_rate, settings.console_command_burst)
         self.upstream: aiohttp.ClientWebSocketResponse | None = None
+        #: set while the agent's websocket is open: commands wait for it across a reconnect
+        self.connected = asyncio.Event()
 
     async def run(self) -> None:
-        tasks = [asyncio.create_task(work()) for work in (self._upstream, self._downstream, self._client,
-                                                            self._watch)]
         error: GameplaneError | None = None
+        tasks: list[asyncio.Task[None]] = []
         try:
+            # Connected before anything is read from the browser: a command sent right
+            # after the handshake reaches the agent.
+            self._opened(await self._connect())
+            tasks = [asyncio.create_task(work()) for work in (self._upstream, self._downstream,
+                                                                self._client, self._watch)]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 exc = task.exception()
@@ -115,6 +121,8 @@ class ConsoleProxy:
                 elif exc is not None and not isinstance(exc, WebSocketDisconnect | OSError | RuntimeError):
                     log.error("console proxy for %s failed", self.grant.instance_id, exc_info=exc)
                     error = GameplaneError("internal_error")
+        except GameplaneError as exc:
+            error = exc
         finally:
             for task in tasks:
                 task.cancel()
@@ -131,10 +139,14 @@ class ConsoleProxy:
         await self.websocket.send_text(json.dumps(payload))
 
     # -- agent → queue -------------------------------------------------------------------------
+    def _opened(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.upstream = ws
+        self.connected.set()
+
     async def _upstream(self) -> None:
         while True:
-            ws = await self._connect()
-            self.upstream = ws
+            ws = self.upstream or await self._connect()
+            self._opened(ws)
             try:
                 async for message in ws:
                     if message.type is aiohttp.WSMsgType.TEXT:
@@ -143,6 +155,7 @@ class ConsoleProxy:
                         break
             finally:
                 self.upstream = None
+                self.connected.clear()
                 await ws.close()
             log.info("console of %s: the agent's websocket dropped; resuming after %s",
                      self.grant.instance_id, self.cursor)
@@ -227,9 +240,13 @@ class ConsoleProxy:
             if not self.bucket.take():
                 await self._send({"type": "throttled", "retryAfter": round(self.bucket.wait(), 3)})
                 return
+            retry = self.service.settings.console_upstream_retry
+            try:
+                await asyncio.wait_for(self.connected.wait(), retry)
+            except TimeoutError:
+                raise AgentUnreachable("agent_unavailable", {"reason": "the agent's console is away"}) from None
             upstream = self.upstream
-            if upstream is None or upstream.closed:
-                raise AgentUnreachable("agent_unavailable", {"reason": "reconnecting to the agent; retry"})
+            assert upstream is not None
             # The agent validates the command and answers ack or error in the stream.
             await upstream.send_str(json.dumps({"type": "command", "command": frame.get("command")}))
         elif kind == "reauth":
