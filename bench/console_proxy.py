@@ -1,0 +1,284 @@
+"""Console through the API's websocket proxy against the agent's websocket
+directly, in the same run: lines per second, and per-line latency at a fixed
+rate.
+
+One ``gameplane up`` (SQLite, its local node agent) in a temp dir, with two
+bench templates:
+
+* **throughput**: ``benchspew`` (the workload of ``console_throughput.py``)
+  prints N numbered lines of 60 bytes at start into a buffer larger than N;
+  once the agent holds them all, each run replays the N lines to a new
+  websocket with ``since=0`` and the clock runs from opening the socket to
+  line N. Four modes alternate (the order rotates per repetition), ``--reps``
+  times each, medians reported: the agent's ``/console/ws`` directly (with
+  the instance token) and the API's ``/api/game/servers/:id/console`` (a
+  ticket fetched before the clock starts, ``Origin`` sent as a browser
+  would), each in per-line frames and with ``batch=1``. Every line is
+  checked as in console_throughput (sequence continuity, content samples).
+  The ratio is proxy / direct per frame shape; the issue's floor is 0.7.
+* **latency**: ``benchtick`` prints, on the command ``"N R"``, N lines at R a
+  second (absolute deadlines, flushed each), each carrying ``time.time()``
+  when printed. Two readers listen to the same lines at the same time — one
+  on the agent directly, one through the proxy — and take ``time.time()`` on
+  arrival; latency = arrival - print. Once in per-line frames, once with
+  ``batch=1``. Added p99 = proxy p99 - direct p99; the floor is 5 ms at 1,000
+  lines/s.
+
+The client offers permessage-deflate as browsers do; what each side
+negotiated is printed. CPU seconds of the API and agent processes per run
+show where the time goes.
+
+Run: ``.venv/bin/python bench/console_proxy.py [--lines 200000] [--reps 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _harness import check_python, cpu_seconds, median, temp_dir
+
+check_python()
+
+import httpx  # noqa: E402
+from tests.controlplane import ControlPlane  # noqa: E402
+from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
+
+from console_throughput import Receiver, template_text  # noqa: E402
+
+THROUGHPUT_FLOOR = 0.7  # proxy / direct
+LATENCY_FLOOR_MS = 5.0  # added p99
+MODES = ("direct-line", "proxy-line", "direct-batch", "proxy-batch")
+TICK = """\
+import sys, time
+print("ready", flush=True)
+for cmd in sys.stdin:
+    n, rate = cmd.split()
+    n, rate = int(n), float(rate)
+    t0 = time.time() + 0.05
+    w, flush, now, sleep = sys.stdout.write, sys.stdout.flush, time.time, time.sleep
+    for i in range(n):
+        wait = t0 + i / rate - now()
+        if wait > 0:
+            sleep(wait)
+        w("tick %d %.6f\\n" % (i, now()))
+        flush()
+"""
+TICK_TEMPLATE = f"""\
+[template]
+name = "benchtick"
+description = "gameplane console latency benchmark workload"
+
+[start]
+command = ["/usr/bin/python3", "-u", "-c", '''{TICK}''']
+
+[console]
+type = "stdin"
+buffer_lines = 100000
+
+[ready]
+log = "^ready$"
+"""
+
+
+@dataclass
+class Server:
+    id: str
+    agent_ws: str  # ws://…/i/<id>/console/ws
+    agent_http: str
+    headers: dict[str, str]
+
+
+class Bench:
+    def __init__(self, cp: ControlPlane, lines: int):
+        self.cp = cp
+        self.lines = lines
+        self.http = httpx.Client(base_url=cp.url, timeout=30)
+
+    def server(self, name: str, template: str) -> Server:
+        sid = self.cp.create(name, template)["id"]
+        self.cp.wait_phase(sid, "stopped", timeout=60)
+        self.cp.power(sid, "start")
+        self.cp.wait_phase(sid, "running", timeout=60)
+        with sqlite3.connect(self.cp.data_dir / "gameplane.db") as db:
+            url, token = db.execute("SELECT agent_url, agent_token FROM instances WHERE id = ?",
+                                    (sid,)).fetchone()
+        return Server(sid, url.replace("http", "ws", 1) + "/console/ws", url,
+                      {"Authorization": f"Bearer {token}"})
+
+    def console_seq(self, server: Server) -> int:
+        seq: int = httpx.get(server.agent_http + "/status", headers=server.headers).json()["consoleSeq"]
+        return seq
+
+    def connect(self, server: Server, via: str, query: str) -> connect:
+        if via == "direct":
+            return connect(f"{server.agent_ws}?{query}", additional_headers=server.headers, max_size=None)
+        r = self.cp.request("POST", f"/api/game/servers/{server.id}/console/ticket")
+        assert r.status_code == 200, r.text
+        return connect(f"{r.json()['url']}&{query}", origin=self.cp.url, max_size=None)  # type: ignore[arg-type]
+
+    def pids(self) -> tuple[int, int]:
+        agent = self.cp.agent_process()
+        assert self.cp.proc is not None and agent is not None
+        return self.cp.proc.pid, agent.pid
+
+    # -- throughput ------------------------------------------------------------------------
+    async def replay(self, server: Server, mode: str) -> dict[str, Any]:
+        via, shape = mode.split("-")
+        rx = Receiver(self.lines, batch=shape == "batch")
+        api_pid, agent_pid = self.pids()
+        cpu0 = (cpu_seconds(api_pid), cpu_seconds(agent_pid), time.process_time())
+        t0 = time.perf_counter()
+        async with self.connect(server, via, "since=0" + ("&batch=1" if shape == "batch" else "")) as ws:
+            async with asyncio.timeout(120):
+                await rx.run(ws)
+            seconds = time.perf_counter() - t0
+            extensions = ws.response.headers.get("Sec-WebSocket-Extensions", "") if ws.response else ""
+        errors = list(rx.errors)
+        if rx.count != self.lines:
+            errors.append(f"{mode}: received {rx.count} of {self.lines} ({rx.lost} in gaps)")
+        return {"rate": self.lines / seconds, "api_cpu": cpu_seconds(api_pid) - cpu0[0],
+                "agent_cpu": cpu_seconds(agent_pid) - cpu0[1], "client_cpu": time.process_time() - cpu0[2],
+                "extensions": extensions or "none", "errors": errors}
+
+    # -- latency ---------------------------------------------------------------------------
+    async def latency(self, server: Server, shape: str, count: int, rate: float) -> dict[str, list[float]]:
+        since = self.console_seq(server)
+        query = f"since={since}" + ("&batch=1" if shape == "batch" else "")
+        found: dict[str, list[float]] = {}
+
+        async def read(via: str, ws: ClientConnection) -> None:
+            lat = found.setdefault(via, [])
+            async with asyncio.timeout(count / rate + 30):
+                while len(lat) < count:
+                    frame = json.loads(await ws.recv())
+                    now = time.time()
+                    if frame["type"] == "gap":
+                        raise RuntimeError(f"{via}: lines lost {frame}")
+                    if frame["type"] != "output":
+                        continue
+                    for line in frame.get("lines") or [frame["line"]]:
+                        lat.append(now - float(line.split()[2]))
+
+        async with self.connect(server, "direct", query) as direct, \
+                self.connect(server, "proxy", query) as proxy:
+            await asyncio.sleep(0.3)  # both readers are live before the first line
+            r = self.cp.request("POST", f"/api/game/servers/{server.id}/console/command",
+                                json={"command": f"{count} {rate}"})
+            assert r.status_code == 202, r.text
+            await asyncio.gather(read("direct", direct), read("proxy", proxy))
+        return found
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
+
+
+def mode_order(rep: int) -> list[str]:
+    shift = (rep - 1) % len(MODES)
+    return list(MODES[shift:] + MODES[:shift])
+
+
+async def bench(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    load_before = os.getloadavg()[0]
+    with temp_dir("gp-bench-proxy-") as work:
+        templates = work / "templates"
+        templates.mkdir()
+        (templates / "benchspew.toml").write_text(template_text("benchspew", args.lines, args.lines + 1000))
+        (templates / "benchtick.toml").write_text(TICK_TEMPLATE)
+        cp = ControlPlane(work / "plane", f"sqlite:///{work}/plane/gameplane.db", poll_interval=5.0,
+                          templates_dirs=str(templates))
+        try:
+            cp.start(timeout=60)
+            b = Bench(cp, args.lines)
+            spew = b.server("spew", "benchspew")
+            deadline = time.monotonic() + 60
+            while b.console_seq(spew) < args.lines:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the workload did not print its lines within 60 s")
+                await asyncio.sleep(0.1)
+            runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+            for rep in range(1, args.reps + 1):
+                for mode in mode_order(rep):
+                    run = await b.replay(spew, mode)
+                    runs[mode].append(run)
+                    print(f"  rep {rep} {mode:<13}: {run['rate']:>9,.0f} lines/s; "
+                          f"cpu api {run['api_cpu']:.2f}s agent {run['agent_cpu']:.2f}s "
+                          f"client {run['client_cpu']:.2f}s; "
+                          f"deflate: {run['extensions']}", flush=True)
+            tick = b.server("tick", "benchtick")
+            latencies = {shape: await b.latency(tick, shape, args.latency_lines, args.rate)
+                         for shape in ("line", "batch")}
+        except Exception:
+            print(f"--- API log tail ---\n{cp.log()[-3000:]}", file=sys.stderr)
+            raise
+        finally:
+            cp.cleanup()
+
+    errors = [e for rs in runs.values() for r in rs for e in r["errors"]]
+    for err in errors[:20]:
+        print(f"  ERROR: {err}")
+    rate = {m: median([r["rate"] for r in rs]) for m, rs in runs.items()}
+    ratio = {shape: rate[f"proxy-{shape}"] / rate[f"direct-{shape}"] for shape in ("line", "batch")}
+    verdict = {s: "meets" if ratio[s] >= THROUGHPUT_FLOOR else "BELOW" for s in ratio}
+    print(f"console_proxy: replay of {args.lines} buffered lines of 60 bytes, median of {args.reps} "
+          f"alternating runs; load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after, "
+          f"{os.cpu_count()} CPUs")
+    for shape in ("line", "batch"):
+        proxy_runs = runs[f"proxy-{shape}"]
+        print(f"  {shape:<5}: direct {rate[f'direct-{shape}']:>9,.0f} lines/s, through the API "
+              f"{rate[f'proxy-{shape}']:>9,.0f} lines/s, ratio {ratio[shape]:.3f} ({verdict[shape]} the "
+              f"{THROUGHPUT_FLOOR} floor); API CPU per line "
+              f"{median([r['api_cpu'] for r in proxy_runs]) / args.lines * 1e6:.1f} us")
+    added = {}
+    for shape, found in latencies.items():
+        d, p = found["direct"], found["proxy"]
+        added[shape] = pct(p, 0.99) - pct(d, 0.99)
+        print(f"  latency at {args.rate:,.0f} lines/s, {shape} frames, {len(d)} lines: direct p50 "
+              f"{pct(d, 0.5):.2f} ms p99 {pct(d, 0.99):.2f} ms max {max(d) * 1000:.1f} ms; proxy p50 "
+              f"{pct(p, 0.5):.2f} ms p99 {pct(p, 0.99):.2f} ms max {max(p) * 1000:.1f} ms; added p50 "
+              f"{pct(p, 0.5) - pct(d, 0.5):.2f} ms, p99 {added[shape]:.2f} ms "
+              f"({'meets' if added[shape] < LATENCY_FLOOR_MS else 'ABOVE'} the "
+              f"{LATENCY_FLOOR_MS:g} ms floor)")
+    elapsed = time.monotonic() - started
+    lat_text = "; ".join(
+        f"{s} p50/p99 direct {pct(f['direct'], 0.5):.1f}/{pct(f['direct'], 0.99):.1f} ms, proxy "
+        f"{pct(f['proxy'], 0.5):.1f}/{pct(f['proxy'], 0.99):.1f} ms, added p99 {added[s]:.1f} ms "
+        f"({'meets' if added[s] < LATENCY_FLOOR_MS else 'ABOVE'} floor {LATENCY_FLOOR_MS:g})"
+        for s, f in latencies.items())
+    print(f"SUMMARY console_proxy: per-line direct {rate['direct-line']:,.0f} lines/s, proxy "
+          f"{rate['proxy-line']:,.0f} (ratio {ratio['line']:.3f}, {verdict['line']} floor "
+          f"{THROUGHPUT_FLOOR}); "
+          f"batch direct {rate['direct-batch']:,.0f}, proxy {rate['proxy-batch']:,.0f} (ratio "
+          f"{ratio['batch']:.3f}, {verdict['batch']} floor {THROUGHPUT_FLOOR}); at {args.rate:,.0f} lines/s "
+          f"{lat_text}{'; ERRORS' if errors else ''} ({elapsed:.0f}s)")
+    return 1 if errors else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=200_000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=1000.0, help="lines a second for the latency run")
+    parser.add_argument("--latency-lines", type=int, default=5000)
+    args = parser.parse_args()
+    if args.lines < 1 or args.reps < 1 or args.rate <= 0 or args.latency_lines < 1:
+        parser.error("--lines, --reps, --rate and --latency-lines must be positive")
+    return asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
