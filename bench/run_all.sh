@@ -9,7 +9,7 @@ PY="${PYTHON:-.venv/bin/python}"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
-for bench in agent_memory console_throughput start_overhead poller_throughput backup_throughput upload_throughput; do
+for bench in agent_memory console_throughput console_proxy start_overhead poller_throughput backup_throughput upload_throughput; do
     echo "=== $bench"
     args=()
     # httpx is measured on request (--clients aiohttp,httpx): at 5,000 instances it takes minutes.

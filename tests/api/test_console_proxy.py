@@ -146,8 +146,9 @@ def test_resume_loses_and_repeats_nothing_across_drops_and_restarts(data_dir: Pa
 
         # The node agent dies while lines stream; the API reconnects to the agent the
         # provider starts again and resumes from the last line it passed on. (Before the
-        # API restart below: only the API that started the agent restarts it.)
-        third = open_console(cp, sid, since=last)
+        # API restart below: only the API that started the agent restarts it.) In batch
+        # frames, which the proxy passes through unparsed until it must resume.
+        third = open_console(cp, sid, since=last, batch=True)
         third.command("20000")
         resumed = third.until(lambda f: f["type"] == "ack")
         agent = cp.agent_process()
