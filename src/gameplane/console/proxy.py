@@ -228,21 +228,21 @@ class ConsoleProxy:
 
     # -- queue → browser -----------------------------------------------------------------------
     async def _downstream(self) -> None:
-        send = self.websocket.send_text
+        # Straight to the server's ASGI send: Starlette's state checks and exception
+        # wrapper were a tenth of a per-line frame's cost. The socket is open here, and
+        # a closed one raises OSError (ClientDisconnected), which ends the connection.
+        send = self.websocket._send
         while True:
             item = await self.queue.get()
             if item.lines is None:
-                assert item.text is not None
-                await send(item.text)
+                await send({"type": "websocket.send", "text": item.text})
             elif self.batch:
-                await send(item.text or frames.batch(item.first, item.lines))
+                text = item.text or frames.batch(item.first, item.lines)
+                await send({"type": "websocket.send", "text": text})
             else:
-                # Per-line frames cost ~10 us each; Starlette's state checks and its
-                # exception wrapper are a tenth of that, so they are skipped for these.
-                raw = self.websocket._send
                 first, output = item.first, frames.output
                 for offset, line in enumerate(item.lines):
-                    await raw({"type": "websocket.send", "text": output(first + offset, line)})
+                    await send({"type": "websocket.send", "text": output(first + offset, line)})
 
     # -- browser → agent -----------------------------------------------------------------------
     async def _client(self) -> None:
