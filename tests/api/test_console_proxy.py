@@ -247,12 +247,14 @@ def test_token_expiring_then_reauth_or_close(data_dir: Path) -> None:
         assert lines_until(extended, chatty_end(1)), "the reauthorized console lives on"
 
 
-def test_a_slow_reader_costs_the_api_bounded_memory_and_gets_a_gap(data_dir: Path) -> None:
+@pytest.mark.parametrize("batch", [False, True], ids=["per-line", "batch"])
+def test_a_slow_reader_costs_the_api_bounded_memory_and_gets_a_gap(data_dir: Path, batch: bool) -> None:
+    """In batch frames the proxy also merges the frames a slow reader left queued."""
     with plane(data_dir) as cp:
         sid = running(cp, "flood")
         assert cp.proc is not None
         api = psutil.Process(cp.proc.pid)
-        console = open_console(cp, sid)
+        console = open_console(cp, sid, batch=batch)
         start = console.until(lambda f: f["type"] == "output")[-1]["seq"]
         rss_before = api.memory_info().rss
         total = 300_000  # ~20 MB of lines; the reader reads none of them for now
@@ -264,4 +266,6 @@ def test_a_slow_reader_costs_the_api_bounded_memory_and_gets_a_gap(data_dir: Pat
         frames = lines_until(console, chatty_end(total), timeout=60)
         assert [f for f in frames if f["type"] == "gap"], "the reader is told what it missed"
         assert_exactly_once(frames, start + 1)
+        for seq, line in output_lines(frames):
+            assert line.startswith(f"line {seq - start - 1} of {total} "), (seq, line)
         assert peak - rss_before < 32 * 2**20, f"the API grew by {(peak - rss_before) / 2**20:.0f} MiB"

@@ -66,6 +66,8 @@ MAX_CLIENT_FRAME = 8192
 #: agent frames: up to 256 lines of up to 16 KiB, JSON-escaped
 _MAX_AGENT_FRAME = 32 * 1024 * 1024
 _OUTPUT_PREFIX = '{"type":"output","seq":'
+#: batch frames waiting for a slow browser are merged up to about this size
+_MERGE_BYTES = 256 * 1024
 #: a silent agent is pinged this often; no pong within half of it drops the connection
 _HEARTBEAT = 30.0
 
@@ -78,6 +80,8 @@ class _Item:
     text: str | None
     first: int = 0
     lines: list[str] | None = None
+    #: an agent batch frame passed through unparsed (may be merged with the next ones)
+    batch: bool = False
 
 
 async def close_with(websocket: WebSocket, error: GameplaneError) -> None:
@@ -190,7 +194,7 @@ class ConsoleProxy:
             # what a batch line cost the proxy. The agent sends consecutive frames on
             # one connection, so only the newest one is needed, to settle the cursor.
             self._unsettled = raw
-            await self.queue.put(_Item(raw))
+            await self.queue.put(_Item(raw, batch=True))
             return
         self._settle()
         text: str | None = raw
@@ -232,9 +236,13 @@ class ConsoleProxy:
         # wrapper were a tenth of a per-line frame's cost. The socket is open here, and
         # a closed one raises OSError (ClientDisconnected), which ends the connection.
         send = self.websocket._send
+        held: _Item | None = None
         while True:
-            item = await self.queue.get()
-            if item.lines is None:
+            item, held = held or await self.queue.get(), None
+            if item.batch:
+                text, held = self._merged(item)
+                await send({"type": "websocket.send", "text": text})
+            elif item.lines is None:
                 await send({"type": "websocket.send", "text": item.text})
             elif self.batch:
                 text = item.text or frames.batch(item.first, item.lines)
@@ -243,6 +251,21 @@ class ConsoleProxy:
                 first, output = item.first, frames.output
                 for offset, line in enumerate(item.lines):
                     await send({"type": "websocket.send", "text": output(first + offset, line)})
+
+    def _merged(self, item: _Item) -> tuple[str, _Item | None]:
+        """``item``'s batch frame and the batch frames queued right behind it, as one
+        (a browser that is behind gets fewer, bigger frames: each frame costs the API a
+        send and the browser a parse; one that keeps up gets them as they come), and
+        the first queued item that is not one, to send next."""
+        texts = [item.text]
+        size = len(item.text or "")
+        while size < _MERGE_BYTES and not self.queue.empty():
+            following = self.queue.get_nowait()
+            if not following.batch:
+                return frames.merge_batches(texts), following
+            texts.append(following.text)
+            size += len(following.text or "")
+        return frames.merge_batches(texts), None
 
     # -- browser → agent -----------------------------------------------------------------------
     async def _client(self) -> None:
