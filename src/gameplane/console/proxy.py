@@ -11,10 +11,11 @@ Four tasks share the connection; the first to end ends it:
   repeat — a line the agent no longer holds arrives as the agent's ``gap``
   frame. Lines at or below the cursor are dropped, should an agent repeat one.
 - **downstream** writes the queue to the browser: batch frames as the agent
-  sent them (``?batch=1``), else one ``{"type":"output","seq","line"}`` frame
-  per line. Backpressure: the queue holds ``console_queue_frames`` frames;
-  when a slow browser lets it fill, upstream stops reading, TCP pushes back on
-  the agent, the agent's cursor for this connection falls behind its ring
+  sent them (``?batch=1``; the ones a slow browser left queued merged into
+  one), else one ``{"type":"output","seq","line"}`` frame per line.
+  Backpressure: the queue holds ``console_queue_frames`` frames; when a slow
+  browser lets it fill, upstream stops reading, TCP pushes back on the
+  agent, the agent's cursor for this connection falls behind its ring
   buffer, and the agent sends a ``gap`` frame when it catches up. The API
   holds at most the queue, whatever the browser does.
 - **client** reads the browser's frames: ``{"type":"command","command"}``
