@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the benchmarks one after another (about 6 minutes in all),
+# Run the benchmarks one after another (about 7 minutes in all),
 # then repeat their one-line summaries. Exit status: non-zero if any failed.
 # Usage: bench/run_all.sh            (from anywhere; uses the project's .venv)
 #        PYTHON=/path/to/python bench/run_all.sh
