@@ -170,6 +170,35 @@ def test_resume_loses_and_repeats_nothing_across_drops_and_restarts(data_dir: Pa
         assert_exactly_once(resumed, last + 1)
 
 
+def test_an_agent_that_stays_away_ends_the_console_with_4502(data_dir: Path) -> None:
+    """Retrying the agent for one second only: a dead agent (the provider restarts it
+    after 3.5 s) and a hung one (accepts, never answers) both end the console."""
+    with plane(data_dir, console_upstream_retry="1") as cp:
+        sid = running(cp, "lonely")
+        console = open_console(cp, sid)
+        console.recv()
+        agent = cp.agent_process()
+        assert agent is not None
+        t0 = time.monotonic()
+        agent.kill()
+        code, frames = console.closed()
+        assert (code, frames[-1]["error"]) == (4502, "agent_unreachable")
+        assert time.monotonic() - t0 < 4
+        cp.wait_phase(sid, "running", timeout=30)
+        hung = cp.agent_process()
+        assert hung is not None
+        hung.suspend()
+        try:
+            t0 = time.monotonic()
+            code, frames = open_console(cp, sid).closed()
+            assert (code, frames[-1]["error"]) == (4502, "agent_unreachable")
+            assert time.monotonic() - t0 < 4
+        finally:
+            hung.resume()
+        back = open_console(cp, sid, since=0)
+        assert back.until(lambda f: f["type"] == "output")[-1]["line"] == "ready", "and it comes back"
+
+
 def test_browser_frames_are_checked_and_commands_rate_limited(data_dir: Path) -> None:
     with plane(data_dir, console_command_rate="1", console_command_burst="3") as cp:
         sid = running(cp, "limited")

@@ -69,6 +69,8 @@ _MAX_AGENT_FRAME = 32 * 1024 * 1024
 _OUTPUT_PREFIX = '{"type":"output","seq":'
 #: batch frames waiting for a slow browser are merged up to about this size
 _MERGE_BYTES = 256 * 1024
+#: seconds one attempt to open the agent's websocket may take
+_HANDSHAKE = 5.0
 #: a silent agent is pinged this often; no pong within half of it drops the connection
 _HEARTBEAT = 30.0
 
@@ -179,9 +181,11 @@ class ConsoleProxy:
         while True:
             params = {"batch": "1"} if self.cursor is None else {"batch": "1", "since": str(self.cursor)}
             try:
-                return await self.service.http.ws_connect(
-                    self.endpoint.url("/console/ws"), params=params, headers=self.endpoint.headers,
-                    heartbeat=_HEARTBEAT, max_msg_size=_MAX_AGENT_FRAME, compress=0)
+                # A hung agent accepts the connection and never answers the upgrade.
+                async with asyncio.timeout(min(_HANDSHAKE, max(deadline - loop.time(), 0.5))):
+                    return await self.service.http.ws_connect(
+                        self.endpoint.url("/console/ws"), params=params, headers=self.endpoint.headers,
+                        heartbeat=_HEARTBEAT, max_msg_size=_MAX_AGENT_FRAME, compress=0)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 reason = str(exc) or exc.__class__.__name__
             if loop.time() + delay > deadline:
