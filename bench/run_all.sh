@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the benchmarks one after another (about 6 minutes in all),
+# Run the benchmarks one after another (about 7 minutes in all),
 # then repeat their one-line summaries. Exit status: non-zero if any failed.
 # Usage: bench/run_all.sh            (from anywhere; uses the project's .venv)
 #        PYTHON=/path/to/python bench/run_all.sh
@@ -9,7 +9,7 @@ PY="${PYTHON:-.venv/bin/python}"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
-for bench in agent_memory console_throughput start_overhead poller_throughput backup_throughput upload_throughput; do
+for bench in agent_memory console_throughput console_proxy start_overhead poller_throughput backup_throughput upload_throughput; do
     echo "=== $bench"
     args=()
     # httpx is measured on request (--clients aiohttp,httpx): at 5,000 instances it takes minutes.

@@ -188,9 +188,13 @@ def _serve_api(settings: Any, log_level: str) -> int:
     from gameplane.api.app import create_app
 
     host, port = settings.listen
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port,
-                                           log_level=log_level.lower(), lifespan="on",
-                                           ws="websockets-sansio", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(settings), host=host, port=port, log_level=log_level.lower(), lifespan="on",
+        ws="websockets-sansio", access_log=False,
+        # The console proxy's frames are small: deflating each one halved the proxy's
+        # throughput (bench/console_proxy.py), for text a terminal shows at reading speed.
+        ws_per_message_deflate=False,
+    ))
     asyncio.run(server.serve())
     return 0 if server.started else 1
 

@@ -212,6 +212,22 @@ class Settings(BaseSettings):
     rate_limit_window: float = Field(default=60.0, gt=0)
     rate_limit_per_account: int = Field(default=10, ge=1)
     rate_limit_per_address: int = Field(default=30, ge=1)
+    #: console websocket (gameplane.console): a ticket must be used within this many seconds …
+    console_ticket_ttl: int = Field(default=30, ge=5, le=300)
+    #: … and each user gets this many per ``rate_limit_window``
+    console_tickets_per_window: int = Field(default=30, ge=1)
+    #: commands a connection may send: a token bucket refilled this many times a second …
+    console_command_rate: float = Field(default=5.0, gt=0)
+    #: … holding at most this many
+    console_command_burst: int = Field(default=10, ge=1)
+    #: how often an open console re-checks its server (exists, owned, active) and session
+    console_check_interval: float = Field(default=2.0, gt=0, le=30)
+    #: ``token_expiring`` is sent this many seconds before the connection's access token ends
+    console_expiry_warning: int = Field(default=60, ge=1)
+    #: frames (up to 256 lines each) held between the agent and a slow browser
+    console_queue_frames: int = Field(default=32, ge=1)
+    #: how long a console retries an agent whose websocket dropped before giving up
+    console_upstream_retry: float = Field(default=15.0, ge=0)
     #: addresses of reverse proxies whose X-Forwarded-For is believed (none by default)
     trusted_proxies: StrList = Field(default_factory=list)
     #: empty → mail is logged (development) or dropped with a warning (production)

@@ -24,7 +24,7 @@ from gameplane.db.migrate import (
 from gameplane.settings import load_settings
 
 TABLES = {"users", "instances", "events", "auth_sessions", "refresh_tokens", "password_resets", "api_keys",
-          "audit_events", "alembic_version"}
+          "audit_events", "console_tickets", "alembic_version"}
 
 
 async def _tables(url: str) -> set[str]:

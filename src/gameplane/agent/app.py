@@ -30,6 +30,7 @@ from gameplane.agent.backups.manager import BackupManager
 from gameplane.agent.files import routes as file_routes
 from gameplane.agent.registry import Registry
 from gameplane.agent.supervisor import Supervisor
+from gameplane.console import frames
 from gameplane.errors import BadRequest, GameplaneError, NotImplementedYet, Unprocessable
 
 log = logging.getLogger(__name__)
@@ -177,14 +178,6 @@ def not_yet(feature: str, issue: str) -> Handler:
 
 
 # -- console websocket ------------------------------------------------------------------
-def _frame_output(seq: int, line: str) -> str:
-    return f'{{"type":"output","seq":{seq},"line":{json.dumps(line, ensure_ascii=False)}}}'
-
-
-def _frame_batch(first: int, lines: list[str]) -> str:
-    return f'{{"type":"output","seq":{first},"lines":{json.dumps(lines, ensure_ascii=False)}}}'
-
-
 async def console_ws(websocket: WebSocket) -> None:
     try:
         sup = _resolve(websocket, authenticate=True)
@@ -219,10 +212,10 @@ async def console_ws(websocket: WebSocket) -> None:
                 cursor = gap[1]
             if lines:
                 if batch:
-                    await websocket.send_text(_frame_batch(first, lines))
+                    await websocket.send_text(frames.batch(first, lines))
                 else:
                     for offset, line in enumerate(lines):
-                        await websocket.send_text(_frame_output(first + offset, line))
+                        await websocket.send_text(frames.output(first + offset, line))
                 cursor = first + len(lines) - 1
                 # A socket that always takes more would otherwise keep this loop
                 # from yielding: the workload's reader, probes and every other
@@ -241,10 +234,9 @@ async def console_ws(websocket: WebSocket) -> None:
                 seq = await sup.send_command(validate_command(frame.get("command")))
                 await websocket.send_text(json.dumps({"type": "ack", "seq": seq}))
             except ValueError:
-                await websocket.send_text(json.dumps({"type": "error", "error": "invalid_json",
-                                                      "details": None}))
+                await websocket.send_text(frames.error("invalid_json"))
             except GameplaneError as exc:
-                await websocket.send_text(json.dumps({"type": "error", **exc.envelope()}))
+                await websocket.send_text(frames.error(exc.code, exc.details))
 
     tasks = [asyncio.create_task(pump()), asyncio.create_task(listen())]
     try:

@@ -29,6 +29,8 @@ from gameplane.auth import views as auth_views
 from gameplane.auth.mail import mailer_from_settings
 from gameplane.auth.service import AuthService
 from gameplane.backups import views as backup_views
+from gameplane.console import views as console_views
+from gameplane.console.service import ConsoleService
 from gameplane.db.engine import create_engine_from_settings, create_session_factory, transaction
 from gameplane.db.migrate import upgrade
 from gameplane.db.models import Instance
@@ -94,6 +96,7 @@ def create_app(settings: Settings, provider: Provider | None = None) -> FastAPI:
                                   list_templates(settings.templates_dirs), settings.provision_timeout,
                                   poller=poller)
         app.state.instances = service
+        app.state.console = ConsoleService(settings, app.state.sessions, service)
         await service.recover()
         service.start_reconciling(every=settings.reconcile_interval)
         async with app.state.sessions() as session:
@@ -104,6 +107,7 @@ def create_app(settings: Settings, provider: Provider | None = None) -> FastAPI:
             yield
         finally:
             await poller.shutdown()
+            await app.state.console.aclose()
             await service.shutdown()
             await prov.close()
             await client.aclose()
@@ -115,7 +119,7 @@ def create_app(settings: Settings, provider: Provider | None = None) -> FastAPI:
     app.state.poller_task = None
     app.state.settings = settings
     for router in (auth_views.router, instance_views.router, backup_views.router, file_views.router,
-                   event_views.router, ops_views.router):
+                   console_views.router, event_views.router, ops_views.router):
         app.include_router(router)
     _install_error_handlers(app)
     return app

@@ -49,7 +49,16 @@ async def revoke(db: AsyncSession, user_id: str, key_id: str, now: datetime) -> 
     return row
 
 
-async def owner_of(db: AsyncSession, key: str) -> str | None:
-    """The owner of a live key."""
-    query = select(ApiKey.user_id).where(ApiKey.key_hash == hash_secret(key), ApiKey.revoked_at.is_(None))
-    return (await db.execute(query)).scalar_one_or_none()
+async def owner_of(db: AsyncSession, key: str) -> tuple[str, str] | None:
+    """The owner and id of a live key."""
+    query = select(ApiKey.user_id, ApiKey.id).where(ApiKey.key_hash == hash_secret(key),
+                                                    ApiKey.revoked_at.is_(None))
+    row = (await db.execute(query)).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+async def is_live(db: AsyncSession, key_id: str, user_id: str) -> bool:
+    """Whether the key with this id is still ``user_id``'s and not revoked."""
+    query = select(ApiKey.id).where(ApiKey.id == key_id, ApiKey.user_id == user_id,
+                                    ApiKey.revoked_at.is_(None))
+    return (await db.execute(query)).first() is not None

@@ -13,6 +13,7 @@ least bad thing to put there.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from starlette.requests import HTTPConnection
@@ -30,6 +31,10 @@ class Principal:
     #: the session (refresh family) of the access token; ``None`` for an API key
     session_id: str | None = None
     via: Via = "session"
+    #: when the access token expires (``None`` for an API key): bounds a console connection
+    expires_at: datetime | None = None
+    #: the API key's id, when the caller is one
+    api_key_id: str | None = None
 
     @property
     def is_admin(self) -> bool:

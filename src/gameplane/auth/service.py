@@ -74,14 +74,14 @@ class AuthService:
                 owner = await apikeys.owner_of(db, token)
             if owner is None:
                 raise Unauthorized("invalid_token")
-            return Principal(owner, "user", via="api_key")
+            return Principal(owner[0], "user", via="api_key", api_key_id=owner[1])
         claims = self.tokens.decode(token)
         async with self.db() as db:
             role = await sessions.role_if_alive(db, claims.user_id, claims.session_id, self.clock(),
                                                 self.settings.session_idle_ttl)
         if role is None:
             raise Unauthorized("session_ended")
-        return Principal(claims.user_id, role, session_id=claims.session_id)
+        return Principal(claims.user_id, role, session_id=claims.session_id, expires_at=claims.expires_at)
 
     @staticmethod
     def _require_login(principal: Principal) -> str:

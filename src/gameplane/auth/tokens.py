@@ -21,7 +21,7 @@ import hmac
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import jwt
 
@@ -48,6 +48,7 @@ def hash_secret(value: str) -> str:
 class AccessClaims:
     user_id: str
     session_id: str
+    expires_at: datetime
 
 
 class AccessTokens:
@@ -74,4 +75,5 @@ class AccessTokens:
             raise Unauthorized("invalid_token") from exc
         if claims.get("typ") != ACCESS or not isinstance(claims.get("sid"), str):
             raise Unauthorized("invalid_token")
-        return AccessClaims(str(claims["sub"]), claims["sid"])
+        expires = datetime.fromtimestamp(int(claims["exp"]), UTC)
+        return AccessClaims(str(claims["sub"]), claims["sid"], expires)

@@ -257,3 +257,26 @@ class AuditEvent(Base):
     address: Mapped[str | None] = mapped_column(String(64))
     data: Mapped[dict[str, Any]] = mapped_column(json_type(), default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ConsoleTicket(Base):
+    """A single-use pass to one server's console websocket (``gameplane.console.tickets``).
+    ``instance_id`` is deliberately not a foreign key: a ticket for a deleted server is
+    refused by the server check anyway, and deleting a server must not wait on tickets."""
+
+    __tablename__ = "console_tickets"
+
+    token_hash: Mapped[str] = mapped_column(String(TOKEN_HASH_LENGTH), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    instance_id: Mapped[str] = mapped_column(String(INSTANCE_ID_MAX))
+    #: the login session of the access token that asked for it (``sid``) …
+    session_id: Mapped[str | None] = mapped_column(String(36))
+    #: … or the API key that did; exactly one of the two is set
+    api_key_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: the ticket must be used before this
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    #: when the access token behind it expires (NULL for an API key): the connection's end
+    auth_expires_at: Mapped[datetime | None]
+    #: set once, atomically, by the connection that consumes it
+    used_at: Mapped[datetime | None]
