@@ -133,9 +133,11 @@ def test_commands_and_tokens_are_checked(node: Agent) -> None:
     assert node.client(base, "").get("/health").status_code == 200
     assert node.client("/i/nobody", "tq").get("/status").json()["error"] == "instance_not_found"
     assert c.get("/backups").json() == {"backups": []}, "backups are served under the node prefix"
-    for path in ("/files?path=x", "/ide/lab"):
-        r = c.get(path)
-        assert r.status_code == 501 and r.json()["error"] == "not_implemented"
+    assert isinstance(c.get("/files").json()["entries"], list), "files are served under the node prefix"
+    r = c.get("/files?path=x")
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
+    r = c.get("/ide/lab")
+    assert r.status_code == 501 and r.json()["error"] == "not_implemented"
     assert c.post("/stop").json()["error"] == "not_running"
     c.post("/start")
     c.wait_phase("running")
