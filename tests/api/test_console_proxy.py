@@ -145,8 +145,7 @@ def test_resume_loses_and_repeats_nothing_across_drops_and_restarts(data_dir: Pa
         second.close()
 
         # The node agent dies while lines stream; the API reconnects to the agent the
-        # provider starts again and resumes from the last line it passed on. (Before the
-        # API restart below: only the API that started the agent restarts it.) In batch
+        # provider starts again and resumes from the last line it passed on. In batch
         # frames, which the proxy passes through unparsed until it must resume.
         third = open_console(cp, sid, since=last, batch=True)
         third.command("20000")
@@ -167,7 +166,19 @@ def test_resume_loses_and_repeats_nothing_across_drops_and_restarts(data_dir: Pa
         fourth.command("200")
         resumed = lines_until(fourth, chatty_end(200))
         assert output_lines(resumed)[0][0] == last + 1
+        last = assert_exactly_once(resumed, last + 1)
+
+        # The agent dies under the new API, which found it running (not its child):
+        # the provider starts it again all the same, and the console resumes.
+        fourth.command("5000")
+        resumed = fourth.until(lambda f: f["type"] == "ack")
+        agent = cp.agent_process()
+        assert agent is not None
+        agent.kill()
+        resumed += lines_until(fourth, chatty_end(5000), timeout=40)
+        assert cp.agent_process() is not None and cp.agent_process().pid != agent.pid  # type: ignore[union-attr]
         assert_exactly_once(resumed, last + 1)
+        assert fourth.ws.close_code is None, "the browser's socket stayed open throughout"
 
 
 def test_an_agent_that_stays_away_ends_the_console_with_4502(data_dir: Path) -> None:

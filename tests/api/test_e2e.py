@@ -87,6 +87,23 @@ def test_a_killed_agent_is_unreachable_and_recovers(cp: ControlPlane) -> None:
     assert os.path.exists(f"/proc/{game_pid}"), "the game server outlived its agent"
 
 
+def test_an_agent_found_after_an_api_restart_is_restarted_when_it_dies(cp: ControlPlane) -> None:
+    sid = cp.create("adopted")["id"]
+    cp.wait_phase(sid, "stopped")
+    cp.power(sid, "start")
+    cp.wait_phase(sid, "running")
+    cp.sigkill()
+    cp.start()  # this API finds the node agent running: it is not its child
+    agent = cp.agent_process()
+    assert agent is not None
+    agent.kill()
+    cp.wait_phase(sid, "unreachable", timeout=5)
+    back = cp.wait_phase(sid, "running", timeout=20)
+    assert back["ready"] is True
+    again = cp.agent_process()
+    assert again is not None and again.pid != agent.pid
+
+
 def test_a_hung_agent_is_unreachable_within_two_intervals_and_never_ready(cp: ControlPlane) -> None:
     sid = cp.create("frozen")["id"]
     cp.wait_phase(sid, "stopped")

@@ -4,8 +4,9 @@ API starts on first use and finds again after its own restart.
 The node agent is started detached (its own session): game servers must
 survive an API restart, and so must the agent that supervises them. Its node
 token is generated once into ``<data_dir>/node.token`` (0600). While the API
-runs it watches the agent it started and starts it again, after a pause, if
-it dies (the agent finds its running servers again).
+runs it watches the agent, whether it started it or found it running, and
+starts it again, after a pause, if it dies (the agent finds its running
+servers again).
 
 Placement: ports come from the configured range, skipping ports held by other
 instances and ports something else on the host has bound; memory is checked
@@ -89,15 +90,26 @@ class LocalProvider:
             self._watch = asyncio.create_task(self._watch_child())
 
     async def _watch_child(self) -> None:
-        """Reap the agent this API started if it dies, and start it again."""
+        """Start the node agent again, after a pause, when it dies: one this API
+        started is reaped; one it found running (started by an API before a
+        restart, so not its child) is dead when nothing holds its port any more.
+        A hung agent still holds its port and is left alone: the poller reports
+        its instances unreachable, and a second agent could not bind anyway."""
+        port = self.settings.agent_listen[1]
         while True:
             await asyncio.sleep(0.5)
             child = self._child
-            if child is None or child.poll() is None:
+            if child is not None:
+                if child.poll() is None:
+                    continue
+                log.error("the local node agent exited with %s; starting it again in %gs",
+                          child.returncode, self.respawn_delay)
+                self._child = None
+            elif port_free(port, "tcp"):
+                log.error("the local node agent (not started by this API) is gone; "
+                          "starting it again in %gs", self.respawn_delay)
+            else:
                 continue
-            log.error("the local node agent exited with %s; starting it again in %gs",
-                      child.returncode, self.respawn_delay)
-            self._child = None
             await asyncio.sleep(self.respawn_delay)
             if not await self._answers():
                 self._spawn()
