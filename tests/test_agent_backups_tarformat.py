@@ -20,6 +20,7 @@ from gameplane.agent.backups import archive, tarformat
 from gameplane.agent.backups.archive import write_archive
 from gameplane.agent.backups.engine import BackupFailed, Progress, Source
 from gameplane.agent.backups.extract import MANIFEST, extract_archive
+from gameplane.agent.files.datadir import TEMP_PREFIX
 from gameplane.errors import Unprocessable
 from tests.backupctl import tree
 
@@ -187,3 +188,15 @@ def test_a_failing_backup_raises_and_leaves_no_thread_behind(tmp_path: Path, cas
         os.close(fd)
         assert caught.value.code == "file_changed"
     assert threading.active_count() == before
+
+
+def test_an_upload_under_way_is_not_backed_up(tmp_path: Path) -> None:
+    """The file manager writes an upload to a temp name and renames it in when
+    whole: a backup taken meanwhile must not carry the half-written file."""
+    data = tmp_path / "data"
+    (data / "world").mkdir(parents=True)
+    (data / "world" / "map.sav").write_bytes(b"map")
+    (data / "world" / f"{TEMP_PREFIX}0123456789abcdef.tmp").write_bytes(b"half")
+    (data / f"{TEMP_PREFIX}feedfeedfeedfeed.tmp").write_bytes(b"half")
+    names = [name for name, _, _ in Source(data, (".",)).entries()]
+    assert names == ["world", "world/map.sav"]

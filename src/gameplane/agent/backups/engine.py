@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gameplane.agent.backups.records import BackupRecord
+from gameplane.agent.files.datadir import TEMP_PREFIX
 from gameplane.errors import GameplaneError
 
 
@@ -79,7 +80,8 @@ class Source:
 
     def _walk(self, directory: str, seen: set[str]) -> Iterator[tuple[str, str, os.stat_result]]:
         with os.scandir(directory) as it:
-            children = sorted(it, key=lambda e: e.name)
+            # An upload under way is not part of the world until it is renamed in.
+            children = sorted((e for e in it if not e.name.startswith(TEMP_PREFIX)), key=lambda e: e.name)
         for child in children:
             st = child.stat(follow_symlinks=False)
             yield from _once(self._rel(child.path), child.path, st, seen)

@@ -24,6 +24,7 @@ from typing import Any
 from gameplane.agent.backups import safety
 from gameplane.agent.backups.engine import BackupFailed, Progress, Source
 from gameplane.agent.backups.records import BackupRecord
+from gameplane.agent.files.datadir import TEMP_PREFIX
 
 _PASSTHROUGH = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
                 "RESTIC_PASSWORD", "TMPDIR")
@@ -97,7 +98,8 @@ class ResticEngine:
         # Relative paths from the data dir: the snapshot's tree starts at them,
         # so a restore lands directly in the staging dir.
         cmd = [self.repo.binary, "backup", "--json", "--tag", "gameplane",
-               "--tag", f"instance:{self.instance_id}", "--host", "gameplane", "--", *paths]
+               "--tag", f"instance:{self.instance_id}", "--host", "gameplane",
+               "--exclude", f"{TEMP_PREFIX}*", "--", *paths]
         proc = subprocess.Popen(cmd, cwd=source.data_dir, env=self.repo.env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         summary: dict[str, Any] = {}
