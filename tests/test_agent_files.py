@@ -274,9 +274,16 @@ def test_temp_files_of_a_killed_agent_are_swept_at_start(data_dir: Path) -> None
         data = _data(data_dir)
         (data / "world/.gameplane-upload-0123456789abcdef.tmp").write_bytes(b"half")
         (data / ".gameplane-upload-feedfeedfeedfeed.tmp").write_bytes(b"half")
+        # Written after the agent's start (as by an upload under way): kept.
+        young = data / ".gameplane-upload-0000000000000000.tmp"
+        young.write_bytes(b"streaming")
+        os.utime(young, (time.time() + 3600, time.time() + 3600))
         agent.sigkill()
         agent.start()
-        assert not temp_files(data)
+        deadline = time.monotonic() + 10  # the sweep runs in the background after the start
+        while temp_files(data) != [young] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert temp_files(data) == [young]
         assert (data / "conf.txt").exists()
     finally:
         agent.terminate()

@@ -11,6 +11,7 @@ import os
 import pwd
 import shutil
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,11 @@ class Registry:
         self.backups: dict[str, BackupManager] = {}
         self.broken: dict[str, str] = {}
         self._lock = asyncio.Lock()
+        self._sweep: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
         """Find every instance in the data dir; reattach to running workloads."""
+        started = time.time()
         self.instances_dir.mkdir(parents=True, exist_ok=True)
         for root in sorted(self.instances_dir.iterdir()):
             config_data = read_json(root / "instance.json")
@@ -66,9 +69,6 @@ class Registry:
             supervisor = Supervisor(files, self.use_cgroups)
             self.instances[config.id] = supervisor
             manager = self.backups[config.id] = BackupManager(supervisor, self.backup_settings)
-            swept = await asyncio.to_thread(sweep_uploads, files.paths.data)
-            if swept:
-                log.info("instance %s: removed %d interrupted upload(s)", config.id, swept)
             # Before the supervisor looks at the data dir: a killed restore is resolved first.
             start_again = manager.recover()
             await supervisor.recover()
@@ -77,6 +77,17 @@ class Registry:
                     supervisor.request_start()
                 except GameplaneError as exc:
                     log.error("instance %s: not started after an interrupted restore: %s", config.id, exc)
+        self._sweep = asyncio.create_task(asyncio.to_thread(self._sweep_uploads, started))
+
+    def _sweep_uploads(self, started: float) -> None:
+        for instance_id, supervisor in list(self.instances.items()):
+            try:
+                swept = sweep_uploads(supervisor.files.paths.data, started)
+            except OSError as exc:  # a data dir swapped by a restore meanwhile: next start
+                log.warning("instance %s: interrupted uploads not swept: %s", instance_id, exc)
+                continue
+            if swept:
+                log.info("instance %s: removed %d interrupted upload(s)", instance_id, swept)
 
     def backup_manager(self, instance_id: str) -> BackupManager:
         self.get(instance_id)

@@ -235,15 +235,20 @@ def chunks_of(fd: int) -> Iterator[bytes]:
         os.close(fd)
 
 
-def sweep_uploads(root: Path) -> int:
-    """Remove upload temp files a killed agent left behind; the count removed."""
+def sweep_uploads(root: Path, older_than: float) -> int:
+    """Remove upload temp files a killed agent left behind (last written before
+    ``older_than``, this agent's start: an upload under way writes on); the
+    count removed. It walks the whole data dir, so the agent runs it in the
+    background once its instances are back, not before."""
     removed = 0
     if not root.is_dir():
         return 0
     for _, _, filenames, dirfd in os.fwalk(root, follow_symlinks=False):
         for name in filenames:
-            if name.startswith(TEMP_PREFIX):
-                with contextlib.suppress(FileNotFoundError):
+            if not name.startswith(TEMP_PREFIX):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mtime < older_than:
                     os.unlink(name, dir_fd=dirfd)
                     removed += 1
     return removed
