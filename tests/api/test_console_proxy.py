@@ -170,13 +170,18 @@ def test_resume_loses_and_repeats_nothing_across_drops_and_restarts(data_dir: Pa
 
         # The agent dies under the new API, which found it running (not its child):
         # the provider starts it again all the same, and the console resumes.
-        fourth.command("5000")
+        fourth.command("20000")
         resumed = fourth.until(lambda f: f["type"] == "ack")
         agent = cp.agent_process()
         assert agent is not None
         agent.kill()
-        resumed += lines_until(fourth, chatty_end(5000), timeout=40)
-        assert cp.agent_process() is not None and cp.agent_process().pid != agent.pid  # type: ignore[union-attr]
+        resumed += lines_until(fourth, chatty_end(20000), timeout=40)
+        deadline = time.monotonic() + 20  # the lines may all have been out before the kill
+        while (again := cp.agent_process()) is None or again.pid == agent.pid:
+            assert time.monotonic() < deadline, "the provider did not start the agent again"
+            time.sleep(0.1)
+        fourth.command("10")  # reaches the workload only through the new agent
+        resumed += lines_until(fourth, chatty_end(10), timeout=40)
         assert_exactly_once(resumed, last + 1)
         assert fourth.ws.close_code is None, "the browser's socket stayed open throughout"
 
