@@ -130,6 +130,26 @@ def test_tickets_are_bound_single_use_and_expire(data_dir: Path) -> None:
         assert r.status_code == 404 and r.json()["error"] == "not_found"
 
 
+def kill_agent_while_streaming(cp: ControlPlane, console: Console, first: int) -> int:
+    """Kill the node agent while 20,000 lines stream to ``console``, wait for the
+    provider to start it again, and send one more command that only the new agent
+    can carry. Every line from ``first`` on arrives once; the last seq."""
+    console.command("20000")
+    frames = console.until(lambda f: f["type"] == "ack")
+    agent = cp.agent_process()
+    assert agent is not None
+    agent.kill()
+    frames += lines_until(console, chatty_end(20000), timeout=40)
+    deadline = time.monotonic() + 20  # the lines may all have been out before the kill
+    while (again := cp.agent_process()) is None or again.pid == agent.pid:
+        assert time.monotonic() < deadline, "the provider did not start the agent again"
+        time.sleep(0.1)
+    console.command("10")
+    frames += lines_until(console, chatty_end(10), timeout=40)
+    assert console.ws.close_code is None, "the browser's socket stayed open throughout"
+    return assert_exactly_once(frames, first)
+
+
 def test_resume_loses_and_repeats_nothing_across_drops_and_restarts(data_dir: Path) -> None:
     with plane(data_dir) as cp:
         sid = running(cp, "resumable")
@@ -148,16 +168,7 @@ def test_resume_loses_and_repeats_nothing_across_drops_and_restarts(data_dir: Pa
         # provider starts again and resumes from the last line it passed on. In batch
         # frames, which the proxy passes through unparsed until it must resume.
         third = open_console(cp, sid, since=last, batch=True)
-        third.command("20000")
-        resumed = third.until(lambda f: f["type"] == "ack")
-        agent = cp.agent_process()
-        assert agent is not None
-        agent.kill()
-        resumed += lines_until(third, chatty_end(20000), timeout=40)
-        assert cp.agent_process() is not None and cp.agent_process().pid != agent.pid  # type: ignore[union-attr]
-        last = assert_exactly_once(resumed, last + 1)
-        assert output_lines(resumed)[-1][1].startswith(chatty_end(20000))
-        assert third.ws.close_code is None, "the browser's socket stayed open throughout"
+        last = kill_agent_while_streaming(cp, third, last + 1)
         third.close()
 
         cp.sigkill()  # the API dies with nothing to say; the new one knows no connection
@@ -170,20 +181,7 @@ def test_resume_loses_and_repeats_nothing_across_drops_and_restarts(data_dir: Pa
 
         # The agent dies under the new API, which found it running (not its child):
         # the provider starts it again all the same, and the console resumes.
-        fourth.command("20000")
-        resumed = fourth.until(lambda f: f["type"] == "ack")
-        agent = cp.agent_process()
-        assert agent is not None
-        agent.kill()
-        resumed += lines_until(fourth, chatty_end(20000), timeout=40)
-        deadline = time.monotonic() + 20  # the lines may all have been out before the kill
-        while (again := cp.agent_process()) is None or again.pid == agent.pid:
-            assert time.monotonic() < deadline, "the provider did not start the agent again"
-            time.sleep(0.1)
-        fourth.command("10")  # reaches the workload only through the new agent
-        resumed += lines_until(fourth, chatty_end(10), timeout=40)
-        assert_exactly_once(resumed, last + 1)
-        assert fourth.ws.close_code is None, "the browser's socket stayed open throughout"
+        kill_agent_while_streaming(cp, fourth, last + 1)
 
 
 def test_an_agent_that_stays_away_ends_the_console_with_4502(data_dir: Path) -> None:
