@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from gameplane.agents import proxy
 from gameplane.backups import shapes
 
 GOOD = {"id": "b1", "name": "nightly", "createdAt": "2026-11-26T08:00:00Z", "sizeBytes": 12,
@@ -53,6 +54,6 @@ def test_restore_answers_name_the_backup(body: Any) -> None:
     (418, {"message": "teapot"}, "agent_error"),
 ])
 def test_every_error_is_an_envelope(status: int, body: Any, code: str) -> None:
-    out = shapes.envelope(status, body, "raw text")
+    out = proxy.envelope(status, body, "raw text")
     shapes.Envelope.model_validate(out)
     assert out["error"] == code

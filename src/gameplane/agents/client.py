@@ -605,7 +605,7 @@ def _retryable(result: AgentResult) -> bool:
     return result.status_code >= 500 and result.failure is FailureKind.BAD_RESPONSE
 
 
-def _is_envelope(body: Any) -> bool:
+def is_envelope(body: Any) -> bool:
     return isinstance(body, dict) and isinstance(body.get("error"), str)
 
 
@@ -642,8 +642,11 @@ def classify(route: str, status: int, raw: bytes) -> AgentResult:
     return AgentResult(route, status, body, FailureKind.NONE)
 
 
-_GENERIC_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-                  409: "conflict", 413: "too_large", 422: "unprocessable", 429: "too_many_requests"}
+#: the error code of an agent's answer that came without an envelope of its own
+GENERIC_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+                 409: "conflict", 413: "too_large", 422: "unprocessable", 423: "locked",
+                 429: "too_many_requests", 500: "agent_error", 501: "not_implemented", 502: "bad_gateway",
+                 503: "unavailable", 504: "gateway_timeout", 507: "insufficient_storage"}
 
 
 def raise_for_result(result: AgentResult) -> Any:
@@ -654,17 +657,17 @@ def raise_for_result(result: AgentResult) -> Any:
     if result.failure is FailureKind.TIMEOUT:
         raise AgentTimeout(details={"route": route, "reason": result.detail})
     if result.failure is FailureKind.AUTH:
-        raise AgentAuthFailed(details={"route": route, "agent": body if _is_envelope(body) else None},
+        raise AgentAuthFailed(details={"route": route, "agent": body if is_envelope(body) else None},
                               agent_status=status)
     if result.failure is FailureKind.BAD_RESPONSE or status is None or status >= 500:
         details: dict[str, Any] = {"route": route, "status": status, "reason": result.detail}
-        if _is_envelope(body):
+        if is_envelope(body):
             details["agent"] = body
         raise AgentBadResponse(details=details, agent_status=status)
     if 400 <= status < 500:
-        if _is_envelope(body):
+        if is_envelope(body):
             raise AgentRejected(body["error"], body.get("details"), status=status, agent_status=status)
-        raise AgentRejected(_GENERIC_CODES.get(status, "agent_rejected"),
+        raise AgentRejected(GENERIC_CODES.get(status, "agent_rejected"),
                             {"route": route, "agentBody": body if body is not None else result.detail},
                             status=status, agent_status=status)
     return body

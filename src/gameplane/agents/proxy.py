@@ -12,7 +12,7 @@ memory or on its disk:
   on, and with the API's own size limit counted as the bytes pass.
 
 Every non-2xx answer leaves as the envelope, keeping the agent's code where
-it had one (``backups.shapes.envelope``); no answer at all is ``502
+it had one (``envelope``); no answer at all is ``502
 agent_unreachable``.
 """
 
@@ -29,9 +29,8 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from gameplane.agents.client import AgentClient, AgentEndpoint, AgentTimeout
+from gameplane.agents.client import GENERIC_CODES, AgentClient, AgentEndpoint, AgentTimeout, is_envelope
 from gameplane.auth.principal import Principal
-from gameplane.backups.shapes import envelope
 from gameplane.errors import BadRequest, GameplaneError, PayloadTooLarge
 from gameplane.instances.service import InstanceService
 
@@ -43,6 +42,14 @@ _ERROR_BODY = 1 << 16
 #: refusal): its checks may walk the data dir to measure it against a quota
 FIRST_ANSWER = 15.0
 Shape = Callable[[Any], Any]
+
+
+def envelope(status: int, body: Any, detail: str | None) -> dict[str, Any]:
+    """The envelope for a non-2xx answer, keeping the agent's code where it had one."""
+    if is_envelope(body):
+        return {"error": body["error"], "details": body.get("details")}
+    return {"error": GENERIC_CODES.get(status, "agent_error"),
+            "details": {"agentStatus": status, "agentBody": body if body is not None else detail}}
 
 
 async def game_endpoint(request: Request, caller: Principal, server_id: str) -> AgentEndpoint:

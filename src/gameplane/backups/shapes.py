@@ -5,8 +5,8 @@ The agent's HTTP status is passed on; the body never is as such. Success
 bodies are rebuilt field by field from what the agent said (unknown fields
 dropped, missing ones defaulted, a status outside the enumeration reported as
 ``failed`` with the original kept in ``details``), and every non-2xx answer
-becomes the envelope ``{"error", "details"}`` — also when the agent's body
-was HTML, empty or an envelope of another shape.
+becomes the envelope ``{"error", "details"}`` (``agents.proxy.envelope``) —
+also when the agent's body was HTML, empty or an envelope of another shape.
 """
 
 from __future__ import annotations
@@ -17,10 +17,6 @@ from pydantic import BaseModel, ConfigDict
 
 BackupStatus = Literal["pending", "running", "completed", "failed"]
 _STATUSES = ("pending", "running", "completed", "failed")
-_GENERIC = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
-            413: "too_large", 422: "unprocessable", 423: "locked", 429: "too_many_requests",
-            500: "agent_error", 501: "not_implemented", 502: "bad_gateway", 503: "unavailable",
-            504: "gateway_timeout", 507: "insufficient_storage"}
 
 
 # Field names are the API's camelCase JSON keys.
@@ -101,11 +97,3 @@ def restore(body: Any, backup_id: str) -> dict[str, Any]:
     raw = raw if isinstance(raw, dict) else {}
     return {"restore": {"backupId": str(raw.get("backupId") or backup_id),
                         "status": text(raw.get("status")) or "pending"}}
-
-
-def envelope(status: int, body: Any, detail: str | None) -> dict[str, Any]:
-    """The envelope for a non-2xx answer, keeping the agent's code where it had one."""
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return {"error": body["error"], "details": body.get("details")}
-    return {"error": _GENERIC.get(status, "agent_error"),
-            "details": {"agentStatus": status, "agentBody": body if body is not None else detail}}
