@@ -1,8 +1,11 @@
-"""Port checks shared by the agent (preflight) and the local provider (placement)."""
+"""Network helpers shared by the agent and the API: port checks (the agent's
+preflight, the local provider's placement) and the declared length of an upload."""
 
 from __future__ import annotations
 
 import socket
+
+from gameplane.errors import BadRequest
 
 
 def port_free(port: int, protocol: str) -> bool:
@@ -18,3 +21,13 @@ def port_free(port: int, protocol: str) -> bool:
         except OSError:
             return False
     return True
+
+
+def content_length(header: str | None) -> int | None:
+    """An upload's declared ``Content-Length``, checked before any of the body
+    is read; ``None`` for a chunked body."""
+    if header is None:
+        return None
+    if not header.isdigit():
+        raise BadRequest("invalid_content_length", {"value": header[:40]})
+    return int(header)

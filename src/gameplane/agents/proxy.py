@@ -33,6 +33,7 @@ from gameplane.agents.client import GENERIC_CODES, AgentClient, AgentEndpoint, A
 from gameplane.auth.principal import Principal
 from gameplane.errors import BadRequest, GameplaneError, PayloadTooLarge
 from gameplane.instances.service import InstanceService
+from gameplane.net import content_length
 
 #: bytes per read of a download from the agent
 CHUNK = 1 << 16
@@ -167,21 +168,12 @@ async def _first_answer(put: asyncio.Future[aiohttp.ClientResponse], wanted: asy
         raise AgentTimeout(details={"route": route, "reason": f"no answer within {FIRST_ANSWER:g}s"})
 
 
-def declared_length(request: Request) -> int | None:
-    header = request.headers.get("content-length")
-    if header is None:
-        return None
-    if not header.isdigit():
-        raise BadRequest("invalid_content_length", {"value": header[:40]})
-    return int(header)
-
-
 async def stream_upload(request: Request, endpoint: AgentEndpoint, route: str, limit: int,
                         shape: Shape) -> Response:
     """``PUT route`` on the agent with the caller's body streamed through.
     A declared length over ``limit`` is refused before reading; a chunked body
     is cut off (and the agent's temp file with it) when it passes ``limit``."""
-    length = declared_length(request)
+    length = content_length(request.headers.get("content-length"))
     if length is not None and length > limit:
         raise PayloadTooLarge("too_large", {"maxBytes": limit, "sizeBytes": length})
     body = _CountedBody(request, limit)

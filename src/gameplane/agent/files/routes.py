@@ -21,9 +21,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gameplane.agent.files.datadir import DataDir, chunks_of, split_path
-from gameplane.agent.files.upload import Budget, Upload, budget, check_length, content_length, receive
+from gameplane.agent.files.upload import Budget, Upload, budget, check_length, receive
 from gameplane.agent.supervisor import Supervisor
 from gameplane.errors import BadRequest, Conflict, NotFound
+from gameplane.net import content_length
 
 DEFAULT_MAX_UPLOAD = 10 << 30
 

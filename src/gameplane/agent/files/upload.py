@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from gameplane.agent.files.datadir import FILE_MODE, TEMP_PREFIX, DataDir, Walk, split_path
-from gameplane.errors import Conflict, GameplaneError, InsufficientStorage, PayloadTooLarge
+from gameplane.errors import Conflict, InsufficientStorage, PayloadTooLarge
 
 #: bytes gathered before one write(2) in a worker thread: large enough that the
 #: thread hand-off is amortized, small enough to bound the agent's memory per upload
@@ -167,10 +167,3 @@ def check_length(length: int | None, allowed: Budget, free: int) -> None:
     if length > free:
         raise InsufficientStorage(details={"sizeBytes": length, "freeBytes": free})
 
-
-def content_length(header: str | None) -> int | None:
-    if header is None:
-        return None
-    if not header.isdigit():
-        raise GameplaneError("invalid_content_length", {"value": header[:40]}, status=400)
-    return int(header)
